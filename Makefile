@@ -1,0 +1,40 @@
+# The two commands of the README: `make demo` (the main job) and `make test` (everything CI checks).
+# Each does its own set-up on a fresh machine: a virtualenv, the install, the default model.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch is pinned to the CPU wheel that lies on these machines' disk; an unpinned torch pulls CUDA.
+TORCH  ?= torch==2.13.0
+EXTRAS ?= dev,local
+
+.PHONY: demo test test-quick lint setup model clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)" -e ".[$(EXTRAS)]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+model: setup
+	$(BIN)/mathcoder model fetch
+
+demo: setup model
+	$(BIN)/mathcoder grade --pred 'so the answer is $$\frac{1}{2}$$' --ref '0.5'
+	$(BIN)/mathcoder grade --pred '\boxed{(1,2]}' --ref '(1,2)' || true
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint model
+	$(BIN)/pytest
+
+test-quick: setup
+	$(BIN)/pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Sandboxed, stateful execution of model-written code in Jupyter kernels."""

@@ -1,0 +1,1 @@
+"""Fine-tuning models on code-interleaved traces."""
