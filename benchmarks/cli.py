@@ -13,17 +13,22 @@ from benchmarks.settings import BenchmarkSettings
 
 
 def grade(
-    pred: Annotated[str | None, typer.Option(help="A predicted answer, or model text to extract it from.")] = None,
+    pred: Annotated[
+        str | None, typer.Option(help="A predicted answer, or model text to extract it from.")
+    ] = None,
     ref: Annotated[str | None, typer.Option(help="The reference answer.")] = None,
     file: Annotated[
         Path | None, typer.Option(help="A JSONL file of predictions to grade instead of --pred/--ref.")
     ] = None,
-    pred_field: Annotated[str, typer.Option(help="Field of --file rows that holds the prediction.")] = "prediction",
+    pred_field: Annotated[
+        str, typer.Option(help="Field of --file rows that holds the prediction.")
+    ] = "prediction",
     ref_field: Annotated[str, typer.Option(help="Field of --file rows that holds the reference.")] = "answer",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Decide whether a prediction equals a reference (exit 0 if it does, 1 if not), or grade a file."""
-    from benchmarks.grading import GradingInputError, grade as grade_one, grade_jsonl
+    from benchmarks.grading import GradingInputError, grade_jsonl
+    from benchmarks.grading import grade as grade_one
 
     settings = BenchmarkSettings()
     if file is not None:

