@@ -11,6 +11,10 @@ EXTRAS ?= dev,local
 .PHONY: demo test test-quick lint setup model clean
 
 $(VENV)/.installed: pyproject.toml
+	@# The sandbox isolates kernels with bubblewrap (setpriv comes with util-linux).
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null); } || \
+	  echo "warning: bubblewrap is missing; install it or set MATHCODER_SANDBOX_ISOLATION=none (never for untrusted code)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)" -e ".[$(EXTRAS)]"

@@ -12,22 +12,13 @@ room for them), so ``Trace.text_view()`` is what a rendering round-trips.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sandbox.result import ExecutionStatus as ExecutionStatus  # re-exported: traces carry it
+
 SCHEMA_VERSION: Literal[1] = 1
-
-
-class ExecutionStatus(StrEnum):
-    """How a code cell ended: the code's own outcome (ok, error) or the sandbox's verdict."""
-
-    OK = "ok"
-    ERROR = "error"
-    TIMEOUT = "timeout"
-    KILLED = "killed"
-    CRASHED = "crashed"
 
 
 class _Block(BaseModel):

@@ -1,0 +1,186 @@
+"""Sandbox benchmark: round-trip latency, lease and start times, stateful vs stateless, throughput.
+
+    python -m benchmarks.sandbox_bench [--out runs/bench/sandbox.json] [--quick]
+
+Measures, on this machine, with every isolation layer on (bubblewrap, own uid, rlimits, cgroups)
+and, side by side in the same run, without bubblewrap (``isolation=none``):
+
+1. warm round trip of ``print(1+1)`` in a leased kernel: p50 and p99;
+2. lease time from a warm pool, and cold kernel start;
+3. an 8-cell trajectory (sympy imported in cell 1, small computations after) in one stateful
+   session versus the stateless approach of ToRA and Qwen2.5-Math evaluation, where round k runs
+   cells 1..k again in a fresh Python process; time per round and cumulative, side by side;
+4. throughput with 1, 4 and 16 concurrent sessions: executions per second and p99 latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report import percentile, print_table, write_results
+from sandbox.kernel import Kernel
+from sandbox.local import LocalLauncher
+from sandbox.pool import KernelPool
+from sandbox.result import ExecutionStatus
+from sandbox.settings import SandboxSettings
+
+TRAJECTORY = [
+    "import sympy as sp\nx = sp.symbols('x')",
+    "f = x**2 - 5*x + 6\nprint(sp.factor(f))",
+    "roots = sp.solve(f, x)\nprint(roots)",
+    "total = sum(roots)\nprint(total)",
+    "g = sp.diff(f, x)\nprint(g)",
+    "print(sp.integrate(f, (x, 0, 1)))",
+    "values = [f.subs(x, k) for k in range(5)]\nprint(values)",
+    "print(sp.Rational(total, 7) + sp.Rational(1, 3))",
+]
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000
+
+
+async def round_trip(settings: SandboxSettings, n: int) -> dict[str, Any]:
+    async with KernelPool(settings.model_copy(update={"pool_size": 1})) as pool, pool.session() as s:
+        for _ in range(20):
+            await s.execute("print(1+1)")
+        samples = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            r = await s.execute("print(1+1)")
+            samples.append(time.perf_counter() - t0)
+            assert r.stdout == "2\n", r
+    return {"p50_ms": ms(percentile(samples, 50)), "p99_ms": ms(percentile(samples, 99)), "n": n}
+
+
+async def lease_and_start(settings: SandboxSettings, n: int) -> dict[str, Any]:
+    leases = []
+    async with KernelPool(settings.model_copy(update={"pool_size": 2})) as pool:
+        for _ in range(n):
+            await pool.wait_until(lambda st: st.idle == 2 and st.starting == 0)
+            t0 = time.perf_counter()
+            async with pool.session():
+                leases.append(time.perf_counter() - t0)
+    starts = []
+    launcher = LocalLauncher(settings)
+    for slot in range(max(3, n // 10)):
+        t0 = time.perf_counter()
+        kernel = await Kernel.start(launcher, settings, slot)
+        starts.append(time.perf_counter() - t0)
+        await kernel.close()
+    return {
+        "lease_p50_ms": ms(percentile(leases, 50)),
+        "lease_p99_ms": ms(percentile(leases, 99)),
+        "cold_start_p50_s": percentile(starts, 50),
+        "cold_start_max_s": max(starts),
+    }
+
+
+async def trajectory(settings: SandboxSettings) -> dict[str, Any]:
+    stateful = []
+    async with KernelPool(settings.model_copy(update={"pool_size": 1})) as pool, pool.session() as s:
+        for cell in TRAJECTORY:
+            t0 = time.perf_counter()
+            r = await s.execute(cell, timeout_s=60)
+            stateful.append(time.perf_counter() - t0)
+            assert r.status == ExecutionStatus.OK, r
+    stateless = []
+    for k in range(1, len(TRAJECTORY) + 1):
+        program = "\n".join(TRAJECTORY[:k])
+        t0 = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", program, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await proc.communicate()
+        assert proc.returncode == 0, err
+        stateless.append(time.perf_counter() - t0)
+    rounds = []
+    for k in range(len(TRAJECTORY)):
+        a, b = sum(stateful[: k + 1]), sum(stateless[: k + 1])
+        rounds.append({"round": k + 1, "stateful_s": a, "stateless_s": b, "speedup": b / a})
+    return {"rounds": rounds, "speedup_at_round_8": rounds[-1]["speedup"]}
+
+
+async def throughput(settings: SandboxSettings, concurrency: int, cells: int) -> dict[str, Any]:
+    cfg = settings.model_copy(update={"pool_size": concurrency, "max_kernels": max(concurrency, 2)})
+    latencies: list[float] = []
+    async with KernelPool(cfg) as pool:
+
+        async def worker() -> None:
+            async with pool.session() as s:
+                for _ in range(cells):
+                    t0 = time.perf_counter()
+                    r = await s.execute("print(1+1)")
+                    latencies.append(time.perf_counter() - t0)
+                    assert r.status == ExecutionStatus.OK
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    return {
+        "concurrency": concurrency,
+        "executions_per_s": len(latencies) / elapsed,
+        "p50_ms": ms(percentile(latencies, 50)),
+        "p99_ms": ms(percentile(latencies, 99)),
+    }
+
+
+async def main(args: argparse.Namespace) -> None:
+    base = SandboxSettings(max_kernels=4, run_dir=SandboxSettings().run_dir / "bench")
+    configs = {"bwrap": base, "none": base.model_copy(update={"isolation": "none"})}
+    n = 100 if args.quick else 500
+    results: dict[str, Any] = {}
+    for name, cfg in configs.items():
+        results[name] = {
+            "round_trip": await round_trip(cfg, n),
+            "lease": await lease_and_start(cfg, 20 if args.quick else 50),
+        }
+    rt_rows = [
+        (name, r["round_trip"]["p50_ms"], r["round_trip"]["p99_ms"], r["lease"]["lease_p50_ms"],
+         r["lease"]["lease_p99_ms"], r["lease"]["cold_start_p50_s"])
+        for name, r in results.items()
+    ]  # fmt: skip
+    print_table(
+        "print(1+1) round trip and leases",
+        ["isolation", "rt p50 ms", "rt p99 ms", "lease p50 ms", "lease p99 ms", "cold start s"],
+        rt_rows,
+    )
+    results["trajectory"] = await trajectory(base)
+    print_table(
+        "8-cell trajectory: stateful session vs stateless re-execution (cumulative seconds)",
+        ["round", "stateful s", "stateless s", "speedup"],
+        [
+            (r["round"], r["stateful_s"], r["stateless_s"], r["speedup"])
+            for r in results["trajectory"]["rounds"]
+        ],
+    )
+    cells = 20 if args.quick else 100
+    results["throughput"] = [await throughput(base, c, cells) for c in (1, 4, 16)]
+    print_table(
+        f"throughput, {cells} cells per session",
+        ["sessions", "exec/s", "p50 ms", "p99 ms"],
+        [(t["concurrency"], t["executions_per_s"], t["p50_ms"], t["p99_ms"]) for t in results["throughput"]],
+    )
+    summary = {
+        "rt_p50_ms": round(results["bwrap"]["round_trip"]["p50_ms"], 2),
+        "rt_p99_ms": round(results["bwrap"]["round_trip"]["p99_ms"], 2),
+        "lease_p50_ms": round(results["bwrap"]["lease"]["lease_p50_ms"], 3),
+        "cold_start_s": round(results["bwrap"]["lease"]["cold_start_p50_s"], 3),
+        "stateful_speedup_round_8": round(results["trajectory"]["speedup_at_round_8"], 1),
+        "exec_per_s_16": round(results["throughput"][-1]["executions_per_s"], 1),
+    }
+    write_results(Path(args.out), "sandbox", results, summary)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", default="runs/bench/sandbox.json", help="Where to write the JSON results.")
+    parser.add_argument("--quick", action="store_true", help="Fewer samples (a smoke run).")
+    asyncio.run(main(parser.parse_args()))
