@@ -2,8 +2,8 @@
 
     python -m benchmarks.sandbox_bench [--out runs/bench/sandbox.json] [--quick]
 
-Measures, on this machine, with every isolation layer on (bubblewrap, own uid, rlimits, cgroups)
-and, side by side in the same run, without bubblewrap (``isolation=none``):
+Measures, on this machine, with every isolation layer on (bubblewrap, own uid, rlimits, cgroups),
+side by side in the same run with ``isolation=none`` and with bare jupyter_client + ipykernel:
 
 1. warm round trip of ``print(1+1)`` in a leased kernel: p50 and p99;
 2. lease time from a warm pool, and cold kernel start;
@@ -55,6 +55,28 @@ async def round_trip(settings: SandboxSettings, n: int) -> dict[str, Any]:
             r = await s.execute("print(1+1)")
             samples.append(time.perf_counter() - t0)
             assert r.stdout == "2\n", r
+    return {"p50_ms": ms(percentile(samples, 50)), "p99_ms": ms(percentile(samples, 99)), "n": n}
+
+
+async def bare_round_trip(n: int) -> dict[str, Any]:
+    """The reference: jupyter_client's own manager and ``execute_interactive``, TCP, no isolation."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    km = AsyncKernelManager()
+    await km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=60)
+        samples = []
+        for i in range(n + 20):
+            t0 = time.perf_counter()
+            await kc.execute_interactive("print(1+1)", output_hook=lambda _msg: None)
+            if i >= 20:
+                samples.append(time.perf_counter() - t0)
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel(now=True)
     return {"p50_ms": ms(percentile(samples, 50)), "p99_ms": ms(percentile(samples, 99)), "n": n}
 
 
@@ -140,10 +162,21 @@ async def main(args: argparse.Namespace) -> None:
             "round_trip": await round_trip(cfg, n),
             "lease": await lease_and_start(cfg, 20 if args.quick else 50),
         }
+    results["bare"] = {"round_trip": await bare_round_trip(n)}
     rt_rows = [
+        (
+            "bare jupyter_client",
+            results["bare"]["round_trip"]["p50_ms"],
+            results["bare"]["round_trip"]["p99_ms"],
+            "",
+            "",
+            "",
+        )
+    ]
+    rt_rows += [
         (name, r["round_trip"]["p50_ms"], r["round_trip"]["p99_ms"], r["lease"]["lease_p50_ms"],
          r["lease"]["lease_p99_ms"], r["lease"]["cold_start_p50_s"])
-        for name, r in results.items()
+        for name, r in results.items() if name != "bare"
     ]  # fmt: skip
     print_table(
         "print(1+1) round trip and leases",
@@ -169,6 +202,7 @@ async def main(args: argparse.Namespace) -> None:
     summary = {
         "rt_p50_ms": round(results["bwrap"]["round_trip"]["p50_ms"], 2),
         "rt_p99_ms": round(results["bwrap"]["round_trip"]["p99_ms"], 2),
+        "bare_rt_p50_ms": round(results["bare"]["round_trip"]["p50_ms"], 2),
         "lease_p50_ms": round(results["bwrap"]["lease"]["lease_p50_ms"], 3),
         "cold_start_s": round(results["bwrap"]["lease"]["cold_start_p50_s"], 3),
         "stateful_speedup_round_8": round(results["trajectory"]["speedup_at_round_8"], 1),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Annotated
+from collections.abc import Coroutine
+from typing import Annotated, Any
 
 import typer
 
@@ -38,11 +39,7 @@ def run(
             typer.echo(result.prompt_text(settings.prompt_output_chars))
             typer.echo(f"[{result.status.value}, {result.wall_time_s * 1000:.1f} ms]", err=True)
 
-    try:
-        asyncio.run(go())
-    except SandboxError as exc:
-        typer.echo(f"sandbox error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    _run(go())
 
 
 @app.command()
@@ -63,8 +60,13 @@ def repl(timeout: Annotated[float | None, typer.Option(help="Cell time limit in 
                     if result.status.value != "ok":
                         typer.echo(f"[{result.status.value}]", err=True)
 
+    _run(go())
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main``; a failure of the sandbox itself (not of the code) exits with status 2."""
     try:
-        asyncio.run(go())
+        asyncio.run(main)
     except SandboxError as exc:
         typer.echo(f"sandbox error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -64,6 +64,8 @@ class KernelSpec:
         return [
             python, "-m", "ipykernel_launcher", "-f", str(self.conn_file),
             f"--IPKernelApp.exec_files={self.startup_file}",
+            # No sqlite history: nothing to gain in a one-session kernel, and it costs each cell time.
+            "--HistoryManager.enabled=False",
         ]  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +56,36 @@ def test_grade_without_both_answers_is_a_usage_error() -> None:
     proc = run("grade", "--pred", "1")
     assert proc.returncode == 2
     assert "--pred and --ref are both required" in proc.stderr
+
+
+def test_sandbox_run_prints_the_result_as_json_and_exits_zero_even_when_the_code_fails() -> None:
+    proc = run("sandbox", "run", "--json", "import os\nprint(os.getcwd())\n1/0")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["status"] == "error"
+    assert result["stdout"] == "/tmp\n"
+    assert result["error"]["ename"] == "ZeroDivisionError"
+
+
+def test_sandbox_run_exits_two_when_the_sandbox_itself_fails() -> None:
+    env_run = subprocess.run(
+        [MATHCODER, "sandbox", "run", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MATHCODER_SANDBOX_START_TIMEOUT_S": "0.001"},
+    )
+    assert env_run.returncode == 2
+    assert "sandbox error" in env_run.stderr and "MATHCODER_SANDBOX_START_TIMEOUT_S" in env_run.stderr
+
+
+def test_sandbox_repl_keeps_state_between_cells() -> None:
+    proc = subprocess.run(
+        [MATHCODER, "sandbox", "repl"],
+        input="x = 6\nfor i in range(2):\n    x += i\n\nprint(x * 6)\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "42"

@@ -82,6 +82,7 @@ def test_container_config_is_exactly_the_sandbox(monkeypatch: pytest.MonkeyPatch
             "-f",
             "/tmp/mathcoder-sandbox/k3-abc/kernel.json",
             "--IPKernelApp.exec_files=/tmp/mathcoder-sandbox/k3-abc/startup.py",
+            "--HistoryManager.enabled=False",
         ],
         "user": "63003:63003",
         "environment": KERNEL_ENV,

@@ -261,3 +261,16 @@ async def test_no_state_leaks_between_sessions(pool: KernelPool) -> None:
         assert r.error is not None and r.error.ename == "NameError"
         r = await c.execute("import math, os\n(math.pi, os.path.exists('/tmp/leak'))")
         assert r.outputs[0].text == "(3.141592653589793, False)"
+
+
+async def test_rich_results_keep_images_by_reference(pool: KernelPool) -> None:
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+    async with pool.session() as s:
+        r = await s.execute(
+            f"import base64\nfrom IPython.display import Image, display\ndisplay(Image(data=base64.b64decode({png!r})))\n'done'"
+        )
+    assert r.status == ExecutionStatus.OK
+    image = r.outputs[0].images[0]
+    assert (image.mime, image.size_bytes, image.data_b64) == ("image/png", 70, png)
+    assert r.outputs[-1].is_result and r.outputs[-1].text == "'done'"
+    assert png not in r.prompt_text() and "<image image/png, 70 bytes>" in r.prompt_text()
