@@ -221,14 +221,14 @@ class LocalLauncher:
                     out += ["--perms", "0755", "--dir", str(parent)]
             return out
 
-        for d in python_dirs:
-            if not d.startswith("/usr/"):
-                argv += [*parents_of(d), "--ro-bind", d, d]
         argv += [
             "--perms", "1777", "--size", str(s.workdir_mb << 20), "--tmpfs", "/tmp",
             "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm", "--proc", "/proc",
         ]  # fmt: skip
-        # After the /tmp tmpfs, or the tmpfs would hide the socket directory when it lies under /tmp.
+        # After the /tmp tmpfs, or the tmpfs would hide what lies under /tmp (a checkout, the sockets).
+        for d in python_dirs:
+            if not d.startswith("/usr/"):
+                argv += [*parents_of(d), "--ro-bind", d, d]
         argv += [*parents_of(str(spec.conn_dir)), "--bind", str(spec.conn_dir), str(spec.conn_dir)]
         argv += ["--clearenv", "--chdir", "/tmp"]
         for key, value in kernel_env("/tmp").items():
