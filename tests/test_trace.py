@@ -150,7 +150,7 @@ def test_markdown_rendering_is_qwen_tir_in_chatml() -> None:
     assert rendered.text[start:end] == "\n5\n```\n"
     # The model writes the ```output fence itself: that is where its generation stops.
     assert rendered.text[start - len("```output") : start] == "```output"
-    assert MarkdownFormat.stop_strings == ("```output",)
+    assert MarkdownFormat.stop_strings == ("```output", "\n```\n")
 
 
 def test_trace_json_round_trip_keeps_everything() -> None:

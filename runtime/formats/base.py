@@ -88,6 +88,27 @@ class TraceFormat(ABC):
     def parse_blocks(self, text: str) -> list[Block]:
         """Inverse of rendering a block sequence (the model's turn without its end marker)."""
 
+    # -- what the agent loop needs while the model writes ------------------------------------------
+    @abstractmethod
+    def split_cell(self, pending: str) -> tuple[str, str] | None:
+        """If ``pending`` (model text since the last output, stop string included) ends with a
+        closed code cell: the prose before the cell and the cell's code; else None."""
+
+    @abstractmethod
+    def output_suffix(self, pending: str, output: str) -> str:
+        """What the runtime appends to the model's turn after running the cell that ends ``pending``."""
+
+    @abstractmethod
+    def plain_text(self, pending: str) -> str:
+        """``pending`` prose without the format's block delimiters (for a trace's text block)."""
+
+    def sanitize(self, text: str) -> str:
+        """``text`` with every reserved delimiter defused (a zero-width space after its first
+        character), so that runtime-written output can never be read as a block boundary."""
+        for token in self.reserved:
+            text = text.replace(token, token[0] + "\u200b" + token[1:])
+        return text
+
     # -- composed ---------------------------------------------------------------------------------
     def check(self, trace: Trace) -> None:
         """Raise ``UnrenderableTrace`` naming the first place that holds a reserved delimiter."""

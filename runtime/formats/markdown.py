@@ -38,7 +38,8 @@ CLOSE = "\n```\n"
 
 class MarkdownFormat(TraceFormat):
     name: ClassVar[str] = "markdown"
-    stop_strings: ClassVar[tuple[str, ...]] = (OUTPUT_OPEN,)
+    # The closing fence too: weak models close a cell and go on without writing ```output.
+    stop_strings: ClassVar[tuple[str, ...]] = (OUTPUT_OPEN, CLOSE)
     end_of_turn: ClassVar[str] = IM_END
     reserved: ClassVar[tuple[str, ...]] = (FENCE, IM_START, IM_END)
 
@@ -108,6 +109,26 @@ class MarkdownFormat(TraceFormat):
                 raise TraceParseError(
                     f"markdown: unexpected fence at character {fence}: {text[fence : fence + 20]!r}"
                 )
+
+    def split_cell(self, pending: str) -> tuple[str, str] | None:
+        body = pending.removesuffix(OUTPUT_OPEN)
+        if not body.endswith(CLOSE):
+            return None
+        start = body.rfind(CODE_OPEN)
+        if start < 0:
+            return None
+        code = body[start + len(CODE_OPEN) : len(body) - len(CLOSE)]
+        if FENCE in code:
+            return None
+        prose = body[:start]
+        return prose.removesuffix("\n") if start > 0 else prose, code
+
+    def output_suffix(self, pending: str, output: str) -> str:
+        opener = "" if pending.endswith(OUTPUT_OPEN) else OUTPUT_OPEN
+        return opener + self.execution_text(output)
+
+    def plain_text(self, pending: str) -> str:
+        return pending
 
     @staticmethod
     def _fenced_body(text: str, start: int) -> tuple[str, int]:

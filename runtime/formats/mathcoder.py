@@ -79,6 +79,26 @@ class MathCoderFormat(TraceFormat):
         """The block the runtime appends after running a cell."""
         return f"{EXECUTION}{output}{END_BLOCK}"
 
+    def split_cell(self, pending: str) -> tuple[str, str] | None:
+        start = pending.rfind(CODE)
+        if start < 0 or not pending.endswith(END_BLOCK):
+            return None
+        code = pending[start + len(CODE) : len(pending) - len(END_BLOCK)]
+        if any(t in code for t in SPECIAL_TOKENS):
+            return None
+        return self.plain_text(pending[:start]), code
+
+    def output_suffix(self, pending: str, output: str) -> str:
+        return self.execution_text(output)
+
+    def plain_text(self, pending: str) -> str:
+        bodies = [m.group(2) for m in _BLOCK.finditer(pending) if m.group(1) == TEXT]
+        if bodies:
+            return "\n".join(bodies)
+        for token in SPECIAL_TOKENS:  # a model that forgot the block structure
+            pending = pending.replace(token, "")
+        return pending
+
     def parse_blocks(self, text: str) -> list[Block]:
         blocks: list[Block] = []
         pos = 0

@@ -1,0 +1,62 @@
+"""What the agent loop reports while it works: one typed event stream for the CLI, server and harness."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+from runtime.trace import Trace
+from sandbox.result import ExecutionResult
+
+
+class TextDelta(BaseModel):
+    """Model text, as it arrives (one piece per generation step for non-streaming backends)."""
+
+    type: Literal["text"] = "text"
+    text: str
+
+
+class CodeCell(BaseModel):
+    """The model closed a code cell; it runs next."""
+
+    type: Literal["code"] = "code"
+    index: int
+    code: str
+
+
+class ExecutionStarted(BaseModel):
+    type: Literal["execution_started"] = "execution_started"
+    index: int
+
+
+class ExecutionFinished(BaseModel):
+    """A cell ran: the full result, and the output text the model is shown."""
+
+    type: Literal["execution"] = "execution"
+    index: int
+    result: ExecutionResult
+    output: str
+
+
+class FinalAnswer(BaseModel):
+    """The trajectory ended: its answer (None if none was found), why it ended, the whole trace."""
+
+    type: Literal["final"] = "final"
+    answer: str | None
+    stop_reason: str
+    trace: Trace
+
+
+class ErrorEvent(BaseModel):
+    """The trajectory failed for a reason outside the model's control (backend or sandbox failure)."""
+
+    type: Literal["error"] = "error"
+    message: str
+    trace: Trace | None = None
+
+
+Event = Annotated[
+    TextDelta | CodeCell | ExecutionStarted | ExecutionFinished | FinalAnswer | ErrorEvent,
+    Field(discriminator="type"),
+]

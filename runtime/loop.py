@@ -1,0 +1,247 @@
+"""The agent loop: generate until a code cell closes, run it, feed its output back, repeat.
+
+One trajectory is an async generator of events (``runtime.events``); the CLI, the server and the
+benchmark harness consume the same stream.  The sandbox session is leased lazily — at the first
+cell — so trajectories that never write code hold no kernel, and it is returned (and its kernel
+killed) when the trajectory ends, however it ends: answer, limit, error or cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from enum import StrEnum
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from benchmarks.answers import extract_answer
+from runtime.backends.base import Backend, BackendError, CompletionRequest, SamplingParams
+from runtime.events import (
+    CodeCell,
+    ErrorEvent,
+    Event,
+    ExecutionFinished,
+    ExecutionStarted,
+    FinalAnswer,
+    TextDelta,
+)
+from runtime.formats import TraceFormat
+from runtime.prompts import PromptPreset
+from runtime.trace import (
+    Block,
+    CellProvenance,
+    CodeBlock,
+    OutputBlock,
+    TextBlock,
+    Trace,
+    TraceMetadata,
+    Usage,
+)
+from sandbox.errors import SandboxError
+from sandbox.result import ExecutionResult, truncate_middle
+
+
+class CellRunner(Protocol):
+    """Runs cells with shared state: a sandbox ``Session``, or anything that wraps one."""
+
+    async def execute(self, code: str, timeout_s: float | None = None) -> ExecutionResult: ...
+
+
+SessionFactory = Callable[[], AbstractAsyncContextManager[CellRunner]]
+"""Leases a sandbox session, e.g. ``KernelPool.session``."""
+
+
+class StopReason(StrEnum):
+    ANSWER = "answer"  # a boxed answer was written and the model went on without a cell
+    EOS = "eos"  # the model ended its turn
+    MAX_ROUNDS = "max_rounds"
+    MAX_TOKENS = "max_tokens"
+    WALL_TIME = "wall_time"
+    REPEATED_CELL = "repeated_cell"  # the same code again: it would print the same again
+    REPEATED_ERROR = "repeated_error"  # the same error twice in a row: the model is stuck
+
+
+class LoopLimits(BaseModel):
+    """Budgets of one trajectory, each with its unit in its name."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_rounds: int = Field(default=8, ge=0, description="Most code cells executed.")
+    max_tokens: int = Field(default=2048, ge=1, description="Most tokens the model writes in all.")
+    step_tokens: int = Field(default=512, ge=1, description="Most tokens per generation step.")
+    wall_time_s: float = Field(default=300.0, gt=0, description="Whole-trajectory time budget.")
+    cell_timeout_s: float | None = Field(
+        default=None, gt=0, description="Per-cell limit; None: the sandbox's."
+    )
+    output_chars: int = Field(default=1000, ge=80, description="Output shown to the model, in characters.")
+    output_tokens: int | None = Field(
+        default=None, ge=8, description="Output shown to the model, in tokens of the model's tokenizer."
+    )
+
+
+def shape_output(result: ExecutionResult, fmt: TraceFormat, limits: LoopLimits, backend: Backend) -> str:
+    """The output as the model will read it: condensed, cut to the character and token limits, and
+    with the format's delimiters defused."""
+    text = result.prompt_text(limits.output_chars)
+    if limits.output_tokens is not None:
+        full = text
+        chars = len(full)
+        while chars > 16 and backend.count_tokens(text) > limits.output_tokens:
+            chars = int(chars * 0.8)
+            text = truncate_middle(full, chars)
+    return fmt.sanitize(text)
+
+
+async def run_trajectory(
+    problem: str,
+    *,
+    backend: Backend,
+    sessions: SessionFactory,
+    preset: PromptPreset,
+    limits: LoopLimits | None = None,
+    sampling: SamplingParams | None = None,
+    model: str | None = None,
+    source: dict[str, object] | None = None,
+) -> AsyncIterator[Event]:
+    """Solve ``problem``; the last event is a ``FinalAnswer`` or an ``ErrorEvent``."""
+    limits = limits or LoopLimits()
+    sampling = sampling or SamplingParams()
+    fmt = preset.trace_format
+    prompt = preset.render(problem, backend)
+    started = time.monotonic()
+    deadline = started + limits.wall_time_s
+    turn = ""  # the model's turn so far, runtime-written output included
+    pending_start = 0  # where the text since the last output begins
+    blocks: list[Block] = []
+    usage = Usage()
+    timings = {"generate_s": 0.0, "execute_s": 0.0}
+    provenance: list[CellProvenance] = []
+    last_code: str | None = None
+    last_error: tuple[str, str] | None = None
+
+    def trace(stop: str | None) -> Trace:
+        leftover = fmt.plain_text(turn[pending_start:])
+        final_blocks = [*blocks, TextBlock(text=leftover)] if leftover else list(blocks)
+        texts = [b.text for b in final_blocks if isinstance(b, TextBlock)]
+        answer = extract_answer(texts[-1]).answer if texts else None
+        timings["total_s"] = time.monotonic() - started
+        return Trace(
+            problem=problem,
+            system=preset.system,
+            blocks=final_blocks,
+            final_answer=answer,
+            metadata=TraceMetadata(
+                model=model or backend.name,
+                sampling=sampling.model_dump(),
+                timings=dict(timings),
+                usage=usage,
+                source=dict(source or {}),
+                format=fmt.name,
+                stop_reason=stop,
+                cells=provenance,
+            ),
+        )
+
+    async with contextlib.AsyncExitStack() as stack:
+        session: CellRunner | None = None
+        stop: StopReason
+        try:
+            while True:
+                remaining_s = deadline - time.monotonic()
+                budget = limits.max_tokens - usage.completion_tokens
+                if remaining_s <= 0:
+                    stop = StopReason.WALL_TIME
+                    break
+                if budget <= 0:
+                    stop = StopReason.MAX_TOKENS
+                    break
+                request = CompletionRequest(
+                    prompt=prompt + turn,
+                    stop=fmt.stop_strings,
+                    max_tokens=min(limits.step_tokens, budget),
+                    sampling=sampling,
+                )
+                t0 = time.monotonic()
+                try:
+                    completion = await asyncio.wait_for(backend.complete(request), remaining_s)
+                except TimeoutError:
+                    stop = StopReason.WALL_TIME
+                    break
+                timings["generate_s"] += time.monotonic() - t0
+                usage.prompt_tokens += completion.prompt_tokens
+                usage.completion_tokens += completion.completion_tokens
+                piece = completion.text + (completion.stop or "")
+                turn += piece
+                if piece:
+                    yield TextDelta(text=piece)
+                pending = turn[pending_start:]
+                cell = fmt.split_cell(pending) if completion.finish_reason == "stop" else None
+                if cell is None:
+                    if completion.finish_reason == "eos" or completion.stop == fmt.end_of_turn:
+                        stop = StopReason.EOS
+                        break
+                    if extract_answer(fmt.plain_text(pending)).rule == "boxed":
+                        stop = StopReason.ANSWER
+                        break
+                    continue
+                prose, code = cell
+                if prose:
+                    blocks.append(TextBlock(text=prose))
+                blocks.append(CodeBlock(code=code))
+                index = len(provenance)
+                yield CodeCell(index=index, code=code)
+                if index >= limits.max_rounds:
+                    stop = StopReason.MAX_ROUNDS
+                    pending_start = len(turn)
+                    break
+                if code == last_code:
+                    stop = StopReason.REPEATED_CELL
+                    pending_start = len(turn)
+                    break
+                if session is None:
+                    session = await stack.enter_async_context(sessions())
+                yield ExecutionStarted(index=index)
+                t0 = time.monotonic()
+                result = await session.execute(code, timeout_s=limits.cell_timeout_s)
+                timings["execute_s"] += time.monotonic() - t0
+                output = shape_output(result, fmt, limits, backend)
+                blocks.append(OutputBlock(output=output, status=result.status))
+                usage.cells += 1
+                provenance.append(
+                    CellProvenance(
+                        index=index,
+                        status=result.status,
+                        wall_time_s=result.wall_time_s,
+                        output_chars=len(output),
+                        truncated=result.stdout_truncated
+                        or result.stderr_truncated
+                        or "characters truncated] ..." in output,
+                        kernel_restarted=result.kernel_restarted,
+                    )
+                )
+                yield ExecutionFinished(index=index, result=result, output=output)
+                turn += fmt.output_suffix(pending, output)
+                pending_start = len(turn)
+                error = (result.error.ename, result.error.evalue) if result.error is not None else None
+                if error is not None and error == last_error:
+                    stop = StopReason.REPEATED_ERROR
+                    break
+                last_error, last_code = error, code
+        except (BackendError, SandboxError) as exc:
+            yield ErrorEvent(message=f"{type(exc).__name__}: {exc}", trace=trace("error"))
+            return
+        final = trace(stop.value)
+        yield FinalAnswer(answer=final.final_answer, stop_reason=stop.value, trace=final)
+
+
+async def solve(problem: str, **kwargs: object) -> FinalAnswer | ErrorEvent:
+    """Run a trajectory to its end and return its last event."""
+    last: Event | None = None
+    async for event in run_trajectory(problem, **kwargs):  # type: ignore[arg-type]
+        last = event
+    assert isinstance(last, FinalAnswer | ErrorEvent)
+    return last

@@ -1,0 +1,132 @@
+"""``mathcoder solve``: one problem, streamed to the terminal (or the whole trace as JSON)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.syntax import Syntax
+
+from runtime.backends.base import Backend, SamplingParams
+from runtime.consistency import majority_vote_async
+from runtime.events import CodeCell, ErrorEvent, ExecutionFinished, FinalAnswer, TextDelta
+from runtime.loop import LoopLimits, run_trajectory
+from runtime.prompts import PRESETS, get_preset
+from runtime.settings import RuntimeSettings
+from sandbox.errors import SandboxError
+from sandbox.pool import KernelPool
+from sandbox.settings import SandboxSettings
+
+
+def load_backend(kind: str, model: str | None, base_url: str | None, settings: RuntimeSettings) -> Backend:
+    """The backend called ``kind``; errors name the valid kinds and what each needs."""
+    if kind == "transformers":
+        from runtime.backends.transformers_backend import TransformersBackend
+
+        return TransformersBackend.load(model, settings)
+    if kind == "openai":
+        from runtime.backends.openai_backend import OpenAIBackend
+
+        if base_url is None or model is None:
+            raise typer.BadParameter("--backend openai needs --base-url and --model")
+        return OpenAIBackend(base_url=base_url, model=model)
+    if kind == "vllm":
+        from runtime.backends.vllm_backend import VLLMBackend
+
+        return VLLMBackend.load(model, settings)
+    raise typer.BadParameter(f"unknown backend {kind!r}; choose transformers, openai or vllm")
+
+
+def solve(
+    question: Annotated[str, typer.Argument(help="The math problem.")],
+    model: Annotated[
+        str | None, typer.Option(help="Model path or id; default: the embedded SmolLM2-135M.")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="transformers, openai or vllm.")] = "transformers",
+    base_url: Annotated[str | None, typer.Option(help="Server URL for --backend openai.")] = None,
+    preset: Annotated[
+        str, typer.Option("--format", "--preset", help=f"Prompt preset: {', '.join(PRESETS)}.")
+    ] = "tir",
+    samples: Annotated[
+        int, typer.Option(min=1, help="Trajectories to sample; >1 votes (self-consistency).")
+    ] = 1,
+    temperature: Annotated[
+        float | None, typer.Option(help="Default 0 for one sample, 0.7 for several.")
+    ] = None,
+    max_rounds: Annotated[int, typer.Option(min=0, help="Most code cells executed.")] = 8,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens the model writes.")] = 1024,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole trace(s) as JSON.")] = False,
+) -> None:
+    """Solve a problem with a model that writes and runs Python; stream the solution."""
+    chosen = get_preset(preset)
+    temp = temperature if temperature is not None else (0.0 if samples == 1 else 0.7)
+    limits = LoopLimits(max_rounds=max_rounds, max_tokens=max_tokens)
+    console = Console(highlight=False)
+
+    async def go() -> int:
+        runtime_settings = RuntimeSettings()
+        model_backend = await asyncio.to_thread(load_backend, backend, model, base_url, runtime_settings)
+        sandbox = SandboxSettings().model_copy(update={"pool_size": min(samples, 4)})
+        finals: list[FinalAnswer | ErrorEvent] = []
+        try:
+            async with KernelPool(sandbox) as pool:
+
+                async def one(i: int) -> FinalAnswer | ErrorEvent:
+                    sampling = SamplingParams(temperature=temp, seed=i if temp > 0 else None)
+                    last: FinalAnswer | ErrorEvent | None = None
+                    async for event in run_trajectory(
+                        question, backend=model_backend, sessions=pool.session, preset=chosen,
+                        limits=limits, sampling=sampling,
+                    ):  # fmt: skip
+                        if samples == 1 and not as_json:
+                            show(console, event)
+                        if isinstance(event, FinalAnswer | ErrorEvent):
+                            last = event
+                    assert last is not None
+                    return last
+
+                finals = list(await asyncio.gather(*(one(i) for i in range(samples))))
+        finally:
+            await model_backend.aclose()
+        traces = [f.trace for f in finals if f.trace is not None]
+        if as_json:
+            payload = traces[0] if samples == 1 and traces else None
+            typer.echo(
+                payload.model_dump_json(indent=2)
+                if payload
+                else "[" + ",".join(t.model_dump_json() for t in traces) + "]"
+            )
+        if samples > 1:
+            vote = await majority_vote_async(
+                [f.answer if isinstance(f, FinalAnswer) else None for f in finals]
+            )
+            if not as_json:
+                console.print(
+                    f"[bold]answer (majority of {samples}):[/bold] {vote.answer}  votes: {list(vote.groups)}"
+                )
+        return 1 if any(isinstance(f, ErrorEvent) for f in finals) else 0
+
+    try:
+        code = asyncio.run(go())
+    except SandboxError as exc:
+        typer.echo(f"sandbox error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)
+
+
+def show(console: Console, event: object) -> None:
+    """Render one event for a person at a terminal."""
+    if isinstance(event, TextDelta):
+        console.print(event.text, end="", markup=False)
+    elif isinstance(event, CodeCell):
+        console.print()
+        console.print(Syntax(event.code, "python", theme="ansi_dark", line_numbers=False))
+    elif isinstance(event, ExecutionFinished):
+        style = "green" if event.result.status.value == "ok" else "red"
+        console.print(f"[{style}]>>> {event.output}[/{style}]", markup=True, highlight=False)
+    elif isinstance(event, FinalAnswer):
+        console.print(f"\n[bold]answer:[/bold] {event.answer}  [dim]({event.stop_reason})[/dim]")
+    elif isinstance(event, ErrorEvent):
+        console.print(f"\n[red]error:[/red] {event.message}")
