@@ -22,30 +22,32 @@ def test_ties_go_to_the_answer_seen_first_and_none_never_wins() -> None:
     assert majority_vote([None, "2", None]).answer == "2"
 
 
-async def test_solve_all_bounds_concurrency_and_yields_in_completion_order() -> None:
-    in_flight = 0
+async def test_solve_all_bounds_concurrency() -> None:
+    started: list[int] = []
+    running = 0
     peak = 0
-    gates = {i: asyncio.Event() for i in range(5)}
+    two_running = asyncio.Event()
+    release = asyncio.Event()
 
     async def one(i: int, problem: str) -> str:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await gates[i].wait()
-        in_flight -= 1
+        nonlocal running, peak
+        started.append(i)
+        running += 1
+        peak = max(peak, running)
+        if running == 2:
+            two_running.set()
+        await release.wait()
+        running -= 1
         return problem.upper()
 
-    order = [4, 1, 0, 3, 2]
-    results: list[tuple[int, str]] = []
-
-    async def drive() -> None:
-        async for item in solve_all(["a", "b", "c", "d", "e"], one, concurrency=2):
-            results.append(item)
+    async def drive() -> list[tuple[int, str]]:
+        return [item async for item in solve_all(["a", "b", "c", "d", "e"], one, concurrency=2)]
 
     consumer = asyncio.create_task(drive())
-    for i in order:
-        gates[i].set()
-    await consumer
+    await two_running.wait()
+    assert started == [0, 1]  # the third waits for a free place
+    release.set()
+    results = await consumer
     assert peak == 2
     assert sorted(results) == [(0, "A"), (1, "B"), (2, "C"), (3, "D"), (4, "E")]
 
