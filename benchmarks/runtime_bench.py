@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import print_table, write_results
+from benchmarks.bench_io import print_table, write_results
 from benchmarks.settings import BenchmarkSettings
 from runtime.backends.base import Backend, Completion, CompletionRequest
 from runtime.events import ErrorEvent, FinalAnswer

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import percentile, print_table, write_results
+from benchmarks.bench_io import percentile, print_table, write_results
 from sandbox.kernel import Kernel
 from sandbox.local import LocalLauncher
 from sandbox.pool import KernelPool
