@@ -1,4 +1,4 @@
-"""Subcommands of the benchmark subsystem: ``mathcoder grade``."""
+"""Subcommands of the benchmark subsystem: ``mathcoder grade`` and ``mathcoder bench``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.settings import BenchmarkSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def grade(
@@ -61,5 +63,143 @@ def grade(
     raise typer.Exit(0 if result.correct else 1)
 
 
+def bench(
+    ctx: typer.Context,
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder: config.json + records.jsonl; an existing one resumes.")
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="A registered data set (see benchmarks.datasets); with --data, a label."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of the data set.")] = "test",
+    model: Annotated[
+        str | None, typer.Option(help="Model path or id; default: the embedded SmolLM2-135M.")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="transformers, openai or vllm.")] = "transformers",
+    base_url: Annotated[str | None, typer.Option(help="Server URL for --backend openai.")] = None,
+    preset: Annotated[str, typer.Option(help="Prompt preset (runtime.prompts).")] = "tir",
+    limit: Annotated[int | None, typer.Option(min=0, help="Only the first N problems.")] = None,
+    samples: Annotated[int, typer.Option(min=1, help="Trajectories per problem (k); >1 votes.")] = 1,
+    temperature: Annotated[
+        float | None, typer.Option(help="Default 0 for one sample, 0.7 for several.")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Trajectories in flight at once.")] = 8,
+    max_rounds: Annotated[int, typer.Option(min=0, help="Most code cells per trajectory.")] = 8,
+    max_tokens: Annotated[
+        int, typer.Option(min=1, help="Most tokens the model writes per trajectory.")
+    ] = 1024,
+    data: Annotated[
+        Path | None, typer.Option(help="Any JSONL file of problems instead of --dataset.")
+    ] = None,
+    question_field: Annotated[str, typer.Option(help="Question field of --data rows.")] = "question",
+    answer_field: Annotated[str, typer.Option(help="Answer field of --data rows.")] = "answer",
+    ray: Annotated[
+        str | None, typer.Option(help="Shard over Ray workers: a cluster address, 'auto' or 'local'.")
+    ] = None,
+    ray_workers: Annotated[int | None, typer.Option(min=1, help="Ray actors (default: one per CPU).")] = None,
+    script: Annotated[
+        Path | None, typer.Option(hidden=True, help="Replay script of --backend scripted.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a live progress bar.")] = True,
+) -> None:
+    """Run a benchmark: solve every problem, grade, vote; resumable; prints a table and a JSON line."""
+    import asyncio
+    import json
+
+    from benchmarks.datasets import DatasetError, load_jsonl, load_problems
+    from benchmarks.ray_run import BackendSpec, run_benchmark_ray
+    from benchmarks.records import RunConfig
+    from benchmarks.run import RunError, RunSummary, run_benchmark
+    from sandbox.errors import SandboxError
+    from sandbox.pool import KernelPool
+    from sandbox.settings import SandboxSettings
+
+    if ctx.invoked_subcommand is not None:
+        return  # ``mathcoder bench report|compare ...``: the subcommand does the work
+    if out is None:
+        raise typer.BadParameter("--out RUN_FOLDER is required")
+    if data is None and dataset is None:
+        raise typer.BadParameter("give --dataset NAME or --data FILE.jsonl")
+    temp = temperature if temperature is not None else (0.0 if samples == 1 else 0.7)
+    label = dataset or (data.stem if data is not None else "")
+    config = RunConfig(
+        dataset=label, split=split, model=model, backend=backend, preset=preset, samples=samples,
+        temperature=temp, limit=limit, concurrency=concurrency, max_rounds=max_rounds, max_tokens=max_tokens,
+        data_file=str(data.resolve()) if data is not None else None, question_field=question_field,
+        answer_field=answer_field,
+    )  # fmt: skip
+    spec = BackendSpec(
+        kind=backend, model=model, base_url=base_url,
+        script=json.loads(script.read_text(encoding="utf-8")) if script is not None else None,
+    )  # fmt: skip
+    try:
+        if data is not None:
+            problems = load_jsonl(data, question_field, answer_field, dataset=label, split=split, limit=limit)
+        else:
+            problems = load_problems(
+                label, split, data_dir=BenchmarkSettings().resolve_data_dir(REPO_ROOT), limit=limit
+            )
+    except (DatasetError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+    async def single() -> RunSummary:
+        model_backend = await asyncio.to_thread(spec.build)
+        sandbox = SandboxSettings()
+        sandbox = sandbox.model_copy(update={"pool_size": min(sandbox.pool_size, concurrency)})
+        try:
+            async with KernelPool(sandbox) as pool:
+                return await run_benchmark(
+                    config, problems, backend=model_backend, sessions=pool.session, out_dir=out,
+                    progress=progress,
+                )  # fmt: skip
+        finally:
+            await model_backend.aclose()
+
+    try:
+        if ray is not None:
+            summary = run_benchmark_ray(
+                config,
+                problems,
+                backend=spec,
+                out_dir=out,
+                address=ray,
+                workers=ray_workers,
+                progress=progress,
+            )
+        else:
+            summary = asyncio.run(single())
+    except (RunError, SandboxError, RuntimeError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    table = Table(title=f"{label}/{split} ({summary.problems} problems, k={samples})")
+    for column in ("accuracy", f"pass@{samples}", "correct", "errors", "tool calls", "tokens", "wall s"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        f"{summary.accuracy:.2%}", f"{summary.pass_at_k_rate:.2%}", f"{summary.correct}/{summary.problems}",
+        str(summary.errors), str(summary.tool_calls), str(summary.completion_tokens), f"{summary.wall_time_s:.1f}",
+    )  # fmt: skip
+    Console(stderr=True).print(table)
+    try:
+        from benchmarks.summary import write_report  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        pass
+    else:
+        write_report(out)  # report.json, report.md and plots next to the records
+    typer.echo(summary.model_dump_json())
+
+
 def register(app: typer.Typer) -> None:
     app.command("grade")(grade)
+    bench_app = typer.Typer(
+        help="Run a benchmark (options below), or work with finished run folders (subcommands).",
+        invoke_without_command=True,
+    )
+    bench_app.callback()(bench)
+    app.add_typer(bench_app, name="bench")
+    try:  # report/compare/export, from the report subsystem when it is present
+        from benchmarks.harness_cli import register as register_reports
+    except ImportError:
+        return
+    register_reports(app, bench_app)
