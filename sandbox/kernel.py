@@ -144,7 +144,6 @@ class Kernel:
         self.client = client
         self.settings = settings
         self.slot = slot
-        self.cells_run = 0
         self._exit = asyncio.ensure_future(process.wait())
 
     @classmethod
@@ -204,7 +203,6 @@ class Kernel:
         start = time.perf_counter()
         if not self.alive:
             return capture.result(ExecutionStatus.CRASHED, 0.0, self.process.death_note())
-        self.cells_run += 1
         msg_id = self.client.execute(code, store_history=True, allow_stdin=False, stop_on_error=False)
         pump = asyncio.ensure_future(self._pump(msg_id, capture))
         try:

@@ -51,7 +51,6 @@ class Session:
         self._pool = pool
         self.kernel = kernel
         self.restarts = 0
-        self.cells = 0
 
     async def execute(
         self, code: str, timeout_s: float | None = None, on_stream: StreamCallback | None = None
@@ -59,7 +58,6 @@ class Session:
         """Run a cell in this session's kernel; a dead kernel is replaced first (its state is gone)."""
         if not self.kernel.alive:
             await self._replace()
-        self.cells += 1
         result = await self.kernel.execute(code, timeout_s, on_stream)
         if result.status in (ExecutionStatus.KILLED, ExecutionStatus.CRASHED):
             await self._replace()
@@ -91,7 +89,6 @@ class KernelPool:
         self._started = 0
         self._restarts = 0
         self._start_failures = 0
-        self._last_error: BaseException | None = None
         self._settled: list[asyncio.Future[None]] = []  # resolved when no kernel is starting
         self._watchers: list[asyncio.Future[None]] = []  # resolved at the next change of stats()
 
@@ -222,7 +219,6 @@ class KernelPool:
             self._start_done()
             self._free_slots.append(slot)
             self._start_failures += 1
-            self._last_error = exc
             logger.error("kernel start failed: %s", exc)
             # Waiters must not hang on a sandbox that cannot start kernels: fail the oldest one.
             if self._waiters:
