@@ -96,10 +96,11 @@ def _as_text(value: Any, what: str, where: str) -> str:
 def _rows_to_problems(
     rows: Iterable[tuple[int, dict[str, Any]]],
     *, dataset: str, split: str, question_field: str, answer_field: str, id_field: str | None,
-    where: str, limit: int | None,
+    where: str, limit: int | None, keep_solution: bool = False,
 ) -> list[Problem]:  # fmt: skip
     problems: list[Problem] = []
-    used = {question_field, answer_field, *([id_field] if id_field else []), *DROPPED_FIELDS}
+    dropped = set() if keep_solution else DROPPED_FIELDS
+    used = {question_field, answer_field, *([id_field] if id_field else []), *dropped}
     for index, row in rows:
         if limit is not None and len(problems) >= limit:
             break
@@ -144,6 +145,7 @@ def load_jsonl(
     dataset: str | None = None,
     split: str = "custom",
     limit: int | None = None,
+    keep_solution: bool = False,
 ) -> list[Problem]:
     """Problems from any JSONL file; ids are ``<dataset>-<split>-<line index>`` when ``id_field`` is None.
 
@@ -154,7 +156,7 @@ def load_jsonl(
         raise DatasetError(f"data file not found: {path}")
     return _rows_to_problems(
         _read_jsonl(path), dataset=dataset or path.stem, split=split, question_field=question_field,
-        answer_field=answer_field, id_field=id_field, where=str(path), limit=limit,
+        answer_field=answer_field, id_field=id_field, where=str(path), limit=limit, keep_solution=keep_solution,
     )  # fmt: skip
 
 
@@ -189,9 +191,16 @@ def _from_hub(spec: DatasetSpec, split: str, data_dir: Path, limit: int | None) 
 
 
 def load_problems(
-    name: str, split: str = "test", *, data_dir: Path | None = None, limit: int | None = None
+    name: str,
+    split: str = "test",
+    *,
+    data_dir: Path | None = None,
+    limit: int | None = None,
+    keep_solution: bool = False,
 ) -> list[Problem]:
     """The first ``limit`` problems (all if None) of a registered set, in file order.
+
+    ``keep_solution`` keeps the worked solution in ``meta["solution"]`` (data generation needs it).
 
     ``data_dir`` defaults to ``BenchmarkSettings().resolve_data_dir(<repo root>)``.
     """
@@ -208,5 +217,5 @@ def load_problems(
         return _from_hub(spec, split, data_dir, limit)
     return _rows_to_problems(
         _read_jsonl(path), dataset=name, split=split, question_field="question", answer_field="answer",
-        id_field="id", where=str(path), limit=limit,
+        id_field="id", where=str(path), limit=limit, keep_solution=keep_solution,
     )  # fmt: skip

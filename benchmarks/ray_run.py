@@ -19,6 +19,7 @@ import contextlib
 import importlib
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -27,8 +28,8 @@ from typing import Any
 from benchmarks.records import Problem, ProblemRecord, RunConfig
 from benchmarks.run import (
     LiveProgress,
-    RunFolder,
     RunSummary,
+    benchmark_folder,
     check_problems,
     scripted_backend,
     solve_problems,
@@ -95,7 +96,7 @@ class ShardWorker:
                 self.limiter = asyncio.Semaphore(self.config.concurrency)
         return self.backend, self.pool, self.limiter
 
-    async def solve(self, problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def run(self, problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Solve a chunk; its records as JSON-ready dicts (at most ``concurrency`` trajectories at
         once across all chunks this worker holds)."""
         backend, pool, limiter = await self._start()
@@ -124,6 +125,46 @@ def import_ray() -> ModuleType:
         ) from exc
 
 
+def dispatch(
+    ray: ModuleType, actors: list[Any], chunks: deque[list[Any]], handle: Callable[[Any], None]
+) -> None:
+    """Feed ``chunks`` to ``actors`` (each has ``run(chunk) -> results`` and ``close()``), two in flight
+    per actor so none idles between chunks; ``handle`` each result on this thread as chunks finish.
+    On any error, or when done, cancel what is in flight and close and kill every actor."""
+    inflight: dict[Any, Any] = {}
+
+    def submit(actor: Any) -> None:
+        if chunks:
+            inflight[actor.run.remote(chunks.popleft())] = actor
+
+    try:
+        for actor in actors:
+            submit(actor)
+            submit(actor)
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in ready:
+                actor = inflight.pop(ref)
+                for raw in ray.get(ref):
+                    handle(raw)
+                submit(actor)
+    finally:
+        for ref in inflight:
+            ray.cancel(ref, force=False)
+        for actor in actors:
+            with contextlib.suppress(Exception):  # a dead worker has nothing left to close
+                ray.get(actor.close.remote(), timeout=60)
+            ray.kill(actor)
+
+
+def start_actors(
+    ray: ModuleType, cls: type, count: int, make_args: Callable[[int], tuple[Any, ...]]
+) -> list[Any]:
+    """``count`` Ray actors of ``cls`` (one CPU each), actor ``i`` built from ``make_args(i)``."""
+    remote = ray.remote(num_cpus=1)(cls)
+    return [remote.remote(*make_args(i)) for i in range(count)]
+
+
 def run_benchmark_ray(
     config: RunConfig,
     problems: list[Problem],
@@ -142,50 +183,29 @@ def run_benchmark_ray(
     if not ray.is_initialized():
         ray.init(address=None if address == "local" else address, include_dashboard=False)
     start = time.monotonic()
-    folder = RunFolder(out_dir)
+    folder = benchmark_folder(out_dir)
     done = folder.prepare(config)
     check_problems(problems, done, out_dir)
     resumed = len(done)
     todo = [p for p in problems if p.id not in done]
     size = max(1, config.concurrency)
-    chunks = deque(todo[i : i + size] for i in range(0, len(todo), size))
+    chunks = deque([p.model_dump(mode="json") for p in todo[i : i + size]] for i in range(0, len(todo), size))
     count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     count = max(1, min(count, len(chunks)))
     base = sandbox or SandboxSettings()
-    remote = ray.remote(num_cpus=1)(ShardWorker)
-    actors = [
-        remote.remote(backend, config.model_dump(), worker_sandbox(base, i, size).model_dump(mode="json"))
-        for i in range(count)
-    ]
-    inflight: dict[Any, Any] = {}
+    actors = start_actors(
+        ray, ShardWorker, count,
+        lambda i: (backend, config.model_dump(), worker_sandbox(base, i, size).model_dump(mode="json")),
+    )  # fmt: skip
 
-    def submit(actor: Any) -> None:
-        if chunks:
-            payload = [p.model_dump(mode="json") for p in chunks.popleft()]
-            inflight[actor.solve.remote(payload)] = actor
+    def handle(raw: dict[str, Any]) -> None:
+        record = ProblemRecord.model_validate(raw)
+        folder.append(record)
+        done[record.id] = record
+        bar.update(record)
 
-    try:
-        with LiveProgress(len(problems), resumed, sum(r.correct for r in done.values()), progress) as bar:
-            for actor in actors:  # two chunks each, so a worker never idles between chunks
-                submit(actor)
-                submit(actor)
-            while inflight:
-                ready, _ = ray.wait(list(inflight), num_returns=1)
-                for ref in ready:
-                    actor = inflight.pop(ref)
-                    for raw in ray.get(ref):
-                        record = ProblemRecord.model_validate(raw)
-                        folder.append(record)
-                        done[record.id] = record
-                        bar.update(record)
-                    submit(actor)
-    finally:
-        for ref in inflight:
-            ray.cancel(ref, force=False)
-        for actor in actors:
-            with contextlib.suppress(Exception):  # a dead worker has nothing left to close
-                ray.get(actor.close.remote(), timeout=60)
-            ray.kill(actor)
+    with LiveProgress(len(problems), resumed, sum(r.correct for r in done.values()), progress) as bar:
+        dispatch(ray, actors, chunks, handle)
     records = [done[p.id] for p in problems]
     folder.finalize(records)
     return summarize(records, out_dir, resumed=resumed, wall_time_s=time.monotonic() - start)

@@ -65,6 +65,7 @@ class RunConfig(BaseModel):
     preset: str = "tir"
     samples: int = 1
     temperature: float = 0.0
+    seed: int = Field(default=0, description="Sample j of a problem samples with seed seed + j.")
     limit: int | None = None
     concurrency: int = 8
     max_rounds: int = 8

@@ -1,11 +1,9 @@
 """Running a benchmark: problems in, one graded ``ProblemRecord`` per problem out, resumable.
 
 Owns: solving problems with the agent loop (``solve_problems``: k samples per problem, bounded
-concurrency over all trajectories, grading off the event loop, majority vote, pass@k), the run
-folder (``RunFolder``: ``config.json`` written first and checked on resume; ``records.jsonl``
-appended one full line at a time with flush + fsync, a torn last line from a crash dropped on
-resume, rewritten in problem order when the run completes) and ``run_benchmark``, which ties them
-together with a live progress bar.  ``benchmarks.ray_run`` reuses ``solve_problems`` and
+concurrency over all trajectories, grading off the event loop, majority vote, pass@k) and
+``run_benchmark``, which writes the records into a resumable ``benchmarks.run_folder.RunFolder``
+(``config.json`` + ``records.jsonl``) with a live progress bar.  ``benchmarks.ray_run`` reuses ``solve_problems`` and
 ``RunFolder`` to shard a run across Ray workers.
 """
 
@@ -13,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from benchmarks.grading import is_equivalent
 from benchmarks.records import Problem, ProblemRecord, RunConfig, SampleRecord
+from benchmarks.run_folder import RunError, RunFolder
 from benchmarks.settings import BenchmarkSettings
 from runtime.backends.base import Backend, SamplingParams
 from runtime.backends.scripted import ScriptedBackend, Step
@@ -39,6 +37,7 @@ __all__ = [
     "RunError",
     "RunFolder",
     "RunSummary",
+    "benchmark_folder",
     "check_problems",
     "run_benchmark",
     "scripted_backend",
@@ -50,8 +49,9 @@ RESUMABLE_FIELDS = frozenset({"concurrency"})
 """Config fields a resumed run may change: they do not change what a record contains."""
 
 
-class RunError(RuntimeError):
-    """A run folder that cannot be (re)used as asked; the message says why and what to do."""
+def benchmark_folder(out_dir: Path) -> RunFolder[RunConfig, ProblemRecord]:
+    """The run folder of a benchmark run (``config.json`` + ``records.jsonl``)."""
+    return RunFolder(out_dir, RunConfig, ProblemRecord, resumable=RESUMABLE_FIELDS)
 
 
 class RunSummary(BaseModel):
@@ -81,7 +81,7 @@ async def solve_problems(
     sessions: SessionFactory,
     limiter: asyncio.Semaphore | None = None,
 ) -> AsyncIterator[ProblemRecord]:
-    """Solve every problem (``config.samples`` trajectories each, seeds 0..k-1), at most
+    """Solve every problem (``config.samples`` trajectories each, sampling seeds ``config.seed`` + 0..k-1), at most
     ``config.concurrency`` trajectories at once; yield each problem's record when its last sample is
     graded.  ``limiter``, if given, bounds trajectories across several concurrent calls too."""
     preset = get_preset(config.preset)
@@ -103,7 +103,7 @@ async def solve_problems(
         async with limiter if limiter is not None else contextlib.nullcontext():
             async for event in run_trajectory(
                 problem.question, backend=backend, sessions=sessions, preset=preset, limits=limits,
-                sampling=SamplingParams(temperature=config.temperature, seed=j), model=config.model,
+                sampling=SamplingParams(temperature=config.temperature, seed=config.seed + j), model=config.model,
                 source={"dataset": problem.dataset, "split": problem.split, "id": problem.id, "sample": j},
             ):  # fmt: skip
                 if isinstance(event, FinalAnswer | ErrorEvent):
@@ -134,91 +134,10 @@ async def solve_problems(
         )  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------- run folder
-
-
-class RunFolder:
-    """``config.json`` + ``records.jsonl`` of one run; only one process may write to it at a time."""
-
-    def __init__(self, out_dir: Path) -> None:
-        self.out_dir = Path(out_dir)
-        self.config_path = self.out_dir / "config.json"
-        self.records_path = self.out_dir / "records.jsonl"
-
-    def prepare(self, config: RunConfig) -> dict[str, ProblemRecord]:
-        """Write the config (a new run) or check it against the saved one (a resume); return the
-        records already finished, by id, after dropping a torn last line."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.config_path.exists():
-            saved = RunConfig.model_validate_json(self.config_path.read_text(encoding="utf-8"))
-            old, new = saved.model_dump(), config.model_dump()
-            diff = [
-                f"{k}: {old[k]!r} -> {new[k]!r}"
-                for k in old
-                if old[k] != new[k] and k not in RESUMABLE_FIELDS
-            ]
-            if diff:
-                raise RunError(
-                    f"{self.out_dir} holds a run with a different config ({'; '.join(diff)}); "
-                    "use another --out folder, or repeat the saved options to resume it"
-                )
-        _write_atomic(self.config_path, config.model_dump_json(indent=2) + "\n")
-        return {r.id: r for r in self._read()}
-
-    def _read(self) -> list[ProblemRecord]:
-        if not self.records_path.exists():
-            return []
-        data = self.records_path.read_bytes()
-        records: list[ProblemRecord] = []
-        pos = good_end = 0
-        while (newline := data.find(b"\n", pos)) != -1:  # bytes after the last newline: a torn write
-            line = data[pos:newline]
-            if line.strip():
-                try:
-                    records.append(ProblemRecord.model_validate_json(line))
-                except ValueError as exc:
-                    if data[newline + 1 :].strip():
-                        raise RunError(
-                            f"{self.records_path}: corrupt record before the last line ({exc}); "
-                            "move the file away to start over"
-                        ) from exc
-                    break  # a torn last line that happens to end in a newline
-            pos = good_end = newline + 1
-        if good_end < len(data):
-            with self.records_path.open("r+b") as f:
-                f.truncate(good_end)
-                os.fsync(f.fileno())
-        ids = [r.id for r in records]
-        if len(set(ids)) != len(ids):
-            raise RunError(f"{self.records_path} holds duplicate ids; it was written by two runs at once")
-        return records
-
-    def append(self, record: ProblemRecord) -> None:
-        """Append one record as one full line, flushed and fsynced before returning."""
-        line = record.model_dump_json().encode("utf-8") + b"\n"
-        with self.records_path.open("ab") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-
-    def finalize(self, records: Sequence[ProblemRecord]) -> None:
-        """Rewrite ``records.jsonl`` in problem order (atomically: a crash leaves the old or the new)."""
-        _write_atomic(self.records_path, "".join(r.model_dump_json() + "\n" for r in records))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------- the run
 
 
-def check_problems(problems: Sequence[Problem], done: dict[str, ProblemRecord], out_dir: Path) -> None:
+def check_problems(problems: Sequence[Problem], done: Mapping[str, object], out_dir: Path) -> None:
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):
         raise RunError("the problems have duplicate ids; give each problem a unique id")
@@ -287,7 +206,7 @@ async def run_benchmark(
 ) -> RunSummary:
     """Solve ``problems`` into ``out_dir``, skipping those a previous run of the same config finished."""
     start = time.monotonic()
-    folder = RunFolder(out_dir)
+    folder = benchmark_folder(out_dir)
     done = folder.prepare(config)
     check_problems(problems, done, out_dir)
     resumed = len(done)

@@ -9,6 +9,7 @@ from runtime.model_store import ModelFetchError, ensure_default_model
 from runtime.settings import RuntimeSettings
 from runtime.solve_cli import solve
 from sandbox.cli import app as sandbox_app
+from training.cli import register as register_training
 
 app = typer.Typer(
     name="mathcoder",
@@ -35,6 +36,7 @@ def model_fetch() -> None:
 
 
 register_benchmarks(app)
+register_training(app)
 
 if __name__ == "__main__":
     app()

@@ -69,17 +69,26 @@ _TIR_EXAMPLES = (
     ),
 )
 
+_TIR_SYSTEM = (
+    "Solve the math problem. Write a Python code block to compute each step; "
+    "its output is shown to you after the block. Put the final answer in \\boxed{}."
+)
+
 PRESETS: dict[str, PromptPreset] = {
     p.name: p
     for p in (
         PromptPreset(
             name="tir",
             format="markdown",
-            system=(
-                "Solve the math problem. Write a Python code block to compute each step; "
-                "its output is shown to you after the block. Put the final answer in \\boxed{}."
-            ),
+            system=_TIR_SYSTEM,
             examples=_TIR_EXAMPLES,
+        ),
+        PromptPreset(
+            # What a model fine-tuned on our traces is prompted with: the same instruction, no
+            # few-shot examples (the SFT view of the training data renders this system prompt).
+            name="tir-sft",
+            format="markdown",
+            system=_TIR_SYSTEM,
         ),
         PromptPreset(
             name="qwen-tir",

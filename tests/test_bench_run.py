@@ -23,7 +23,7 @@ import pytest_asyncio
 from benchmarks.datasets import load_jsonl
 from benchmarks.ray_run import BackendSpec
 from benchmarks.records import Problem, ProblemRecord, RunConfig
-from benchmarks.run import RunError, RunFolder, run_benchmark, scripted_backend
+from benchmarks.run import RunError, benchmark_folder, run_benchmark, scripted_backend
 from sandbox.pool import KernelPool
 from sandbox.settings import SandboxSettings
 
@@ -165,7 +165,7 @@ async def test_resume_drops_a_torn_last_line_and_rejects_another_config(
     (out / "records.jsonl").write_bytes(
         b"".join(lines[:3]) + lines[3][: len(lines[3]) // 2]
     )  # a crash mid-write
-    assert [r.id for r in RunFolder(out).prepare(config).values()] == [r.id for r in full[:3]]
+    assert [r.id for r in benchmark_folder(out).prepare(config).values()] == [r.id for r in full[:3]]
     await run(config.model_copy(update={"concurrency": 5}))  # concurrency may change on resume
     assert essentials(read(out)) == essentials(full)
     with pytest.raises(RunError, match=r"different config \(samples: 1 -> 2; temperature: 0.0 -> 0.7\)"):

@@ -1,12 +1,19 @@
-"""Teacher-free conversion of GSM8K train solutions into code-interleaved traces.
+"""Teacher-free conversion of GSM8K train solutions into code-interleaved traces (``gsm8k-calc``).
 
 GSM8K solutions carry calculator annotations (``48/2 = <<48/2=24>>24 clips``).  ``convert`` turns
-each annotated line into its visible prose followed by a code cell that computes every annotated
-expression into a named variable (reusing earlier variables where an expression uses an earlier
-result) and prints it; ``build_trace`` runs the cells in a real sandbox session, records the real
-outputs, and rejects the row when an output disagrees with its annotation or the final value
-disagrees with the reference answer.  Integral floats print as ints through ``show``, a helper the
-first cell defines, so that ``48 / 2`` prints ``24`` as the annotation says.
+each annotated line into a code cell that computes every annotated expression into a named variable
+(reusing earlier variables where an expression uses an earlier result) and prints it, followed by
+the line's prose — so the prose states numbers the cell has just printed, the habit we want the
+model to learn, instead of guessing a result before computing it.  ``build_trace`` runs the cells
+in a real sandbox session and records the real outputs.  Integral floats print as ints through
+``show``, a helper the first cell defines, so that ``48 / 2`` prints ``24`` as the annotation says.
+
+Known GSM8K annotation errors are repaired where the rest of the solution proves the repair right,
+and logged in the record's provenance: a calculation written without an annotation
+(``20/4 = $5``) gets one; an annotation whose stated result disagrees with its own expression keeps
+the computed value (the prose is corrected to it) when the final computed value still equals the
+reference answer.  Everything else is rejected with its reason.  ``text_only`` renders the same
+solution without annotations: the text-only control for training experiments (mode ``gsm8k-text``).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from benchmarks.grading import is_equivalent
+from benchmarks.records import Problem
+from runtime.loop import CellRunner
 from runtime.trace import (
     Block,
     CellProvenance,
@@ -34,8 +43,11 @@ from runtime.trace import (
     Usage,
 )
 from sandbox.pool import KernelPool, Session
+from training.generate.context import GenContext
+from training.generate.records import GenRecord, Rejection, SeedOutcome
 
 RejectReason = Literal["parse error", "execution error", "mismatch", "final answer mismatch"]
+MODE = "gsm8k-calc"
 
 SHOW_HELPER = "def show(x):\n    x = round(x, 6)\n    return int(x) if x == int(x) else x\n"
 OUTPUT_CHARS = 2000
@@ -55,6 +67,11 @@ _STOP_TEXT = (
 )
 _STOPWORDS = frozenset(_STOP_TEXT.split())
 _RESERVED_NAMES = frozenset({"show", "print", "round", "int", "float", "sum", "min", "max", "abs"})
+# An unannotated calculation stated in the prose: ``20/4 = $5``, ``4+6=10``, ``192*100=$1920``.
+_OPERAND = r"\$?\d[\d,]*(?:\.\d+)?%?"
+_BARE_CALC = re.compile(
+    rf"(?<![\w.<=$])({_OPERAND}(?:\s*[-+*/×÷x]\s*{_OPERAND})+)\s*=\s*(\$?)(\d[\d,]*(?:\.\d+)?)(?![\w/]|\.\d)"
+)
 
 
 class ConversionError(ValueError):
@@ -63,20 +80,13 @@ class ConversionError(ValueError):
 
 @dataclass(frozen=True)
 class Step:
-    """One piece of a converted solution: prose, or a code cell with the outputs it must print."""
+    """One piece of a converted solution: a code cell with the outputs it must print (``expected``),
+    or prose; prose after a cell lists in ``expected`` the results it restates (the annotations')."""
 
     kind: Literal["text", "code"]
     content: str
     expected: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """A row that did not become a trace, and why."""
-
-    id: str
-    reason: RejectReason
-    detail: str = ""
+    repairs: tuple[str, ...] = ()  # "missing annotation: 20/4=5", ... (code steps)
 
 
 @dataclass
@@ -156,6 +166,37 @@ def final_answer(solution: str) -> str:
     return m.group(1).replace(",", "").replace("$", "").strip()
 
 
+def annotate_missing(line: str) -> tuple[str, list[str]]:
+    """``line`` with an annotation added to each calculation stated without one, and the repairs.
+
+    Only lines with no annotation at all are touched: a line that has some annotations and also a
+    bare ``a*b=c`` restates an annotated result more often than it computes a new one.
+    """
+    if "<<" in line:
+        return line, []
+    repairs: list[str] = []
+
+    def add(m: re.Match[str]) -> str:
+        expr, dollar, result = m.group(1), m.group(2), m.group(3)
+        clean = expr.replace("$", "").replace(" ", "")
+        if m.string[m.end() : m.end() + 1] == "%":  # "100%-40%=60%": percentage points, as GSM8K annotates
+            clean = clean.replace("%", "")
+        repairs.append(f"missing annotation: {clean}={result}")
+        return f"{expr} = {dollar}<<{clean}={result}>>{result}"
+
+    return _BARE_CALC.sub(add, line), repairs
+
+
+def text_only(solution: str) -> str:
+    """The solution's prose with every annotation removed (the ``#### answer`` line dropped)."""
+    lines = []
+    for raw in solution.split("\n"):
+        line = raw.strip()
+        if line and not line.startswith("####"):
+            lines.append(re.sub(r"[ \t]{2,}", " ", _ANNOTATION.sub("", line)).strip())
+    return "\n".join(lines)
+
+
 def convert(row: Mapping[str, Any]) -> list[Step]:
     """Steps of one GSM8K row (pure; raises ``ConversionError`` for a solution it cannot read)."""
     solution = str(row["solution"])
@@ -164,20 +205,20 @@ def convert(row: Mapping[str, Any]) -> list[Step]:
     namer = _Namer()
     known: list[tuple[Fraction, str]] = []
     steps: list[Step] = []
-    texts: list[str] = []
     first_cell = True
 
-    def add_text(text: str) -> None:
-        if text:
-            texts.append(text)
-
-    def flush() -> None:
-        if texts:
-            steps.append(Step("text", "\n".join(texts)))
-            texts.clear()
+    def add_text(text: str, results: tuple[str, ...] = ()) -> None:
+        # Adjacent prose is one text block (a trace has no two text blocks in a row).
+        if not text:
+            return
+        if steps and steps[-1].kind == "text":
+            last = steps[-1]
+            steps[-1] = Step("text", f"{last.content}\n{text}", last.expected + results)
+        else:
+            steps.append(Step("text", text, results))
 
     for raw in solution.split("\n"):
-        line = raw.strip()
+        line, repairs = annotate_missing(raw.strip())
         if not line or line.startswith("####"):
             continue
         annotations = list(_ANNOTATION.finditer(line))
@@ -206,11 +247,9 @@ def convert(row: Mapping[str, Any]) -> list[Step]:
             expected.append(result.strip())
             new_known.append((value, name))
         known.extend(new_known)
-        add_text(visible)
-        flush()
-        steps.append(Step("code", "\n".join(code), tuple(expected)))
+        steps.append(Step("code", "\n".join(code), tuple(expected), tuple(repairs)))
+        add_text(visible, tuple(expected))
     add_text(f"The answer is \\boxed{{{answer}}}.")
-    flush()
     return steps
 
 
@@ -222,11 +261,32 @@ def _close(printed: str, expected: str) -> bool:
     return abs(g - w) <= max(ABS_TOL, REL_TOL * max(abs(g), abs(w)))
 
 
+def _rescaled(got: str, want: str) -> bool:
+    """``got`` and ``want`` differ by a power of ten (a percentage or unit read another way)."""
+    g, w = parse_number(got), parse_number(want)
+    if not g or not w:
+        return False
+    ratio = abs(g / w)
+    return any(ratio in (Fraction(10) ** k, Fraction(1, 10**k)) for k in range(1, 7))
+
+
 def _reject(row: Mapping[str, Any], reason: RejectReason, detail: str) -> Rejection:
-    return Rejection(id=str(row.get("id", "")), reason=reason, detail=detail)
+    return Rejection(seed_id=str(row.get("id", "")), mode=MODE, reason=reason, detail=detail)
 
 
-async def build_trace(row: Mapping[str, Any], session: Session) -> Trace | Rejection:
+@dataclass(frozen=True)
+class Converted:
+    """A validated trace and the repairs its source solution needed."""
+
+    trace: Trace
+    repairs: tuple[str, ...] = ()
+
+
+def _standalone(number: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<![\w.]){re.escape(number)}(?![\w]|\.\d)")
+
+
+async def build_trace(row: Mapping[str, Any], session: CellRunner) -> Converted | Rejection:
     """Run ``convert(row)``'s cells in ``session``, checking each real output against its annotation."""
     t0 = time.monotonic()
     try:
@@ -236,10 +296,17 @@ async def build_trace(row: Mapping[str, Any], session: Session) -> Trace | Rejec
     blocks: list[Block] = []
     cells: list[CellProvenance] = []
     values: list[str] = []
+    repairs: list[str] = []
+    fixes: dict[str, str] = {}  # a wrong annotated result -> the computed one, for the prose after it
     for step in steps:
         if step.kind == "text":
-            blocks.append(TextBlock(text=step.content))
+            text = step.content
+            for wrong in step.expected:
+                if wrong in fixes:
+                    text = _standalone(wrong).sub(fixes[wrong], text)
+            blocks.append(TextBlock(text=text))
             continue
+        repairs += step.repairs
         result = await session.execute(step.content)
         output = result.prompt_text(OUTPUT_CHARS)
         blocks += [CodeBlock(code=step.content), OutputBlock(output=output, status=result.status)]
@@ -253,28 +320,34 @@ async def build_trace(row: Mapping[str, Any], session: Session) -> Trace | Rejec
                 kernel_restarted=result.kernel_restarted,
             )
         )
+        where = f"cell {len(cells) - 1}"
         if result.status != ExecutionStatus.OK:
-            return _reject(row, "execution error", f"cell {len(cells) - 1}: {result.status}: {output[-200:]}")
+            return _reject(row, "execution error", f"{where}: {result.status}: {output[-200:]}")
         printed = result.stdout.strip().split("\n")
         if len(printed) != len(step.expected):
-            return _reject(
-                row, "mismatch", f"cell {len(cells) - 1}: printed {printed!r}, expected {step.expected!r}"
-            )
+            return _reject(row, "mismatch", f"{where}: printed {printed!r}, expected {step.expected!r}")
         for got, want in zip(printed, step.expected, strict=True):
             if not _close(got, want):
-                return _reject(
-                    row, "mismatch", f"cell {len(cells) - 1}: printed {got!r}, annotation says {want!r}"
-                )
+                if _rescaled(got, want):  # 60 vs 0.6: a percent read two ways, not a wrong annotation
+                    return _reject(row, "mismatch", f"{where}: printed {got!r}, annotation says {want!r}")
+                fixes[want] = got
+                repairs.append(f"wrong result: annotation says {want}, {where} computes {got}")
         values += printed
     answer = final_answer(str(row["solution"]))
     reference = str(row["answer"])
     if not is_equivalent(answer, reference):
         return _reject(row, "final answer mismatch", f"#### {answer!r} vs reference {reference!r}")
+    if fixes and not (values and is_equivalent(values[-1], reference)):
+        # A repaired computation is only trusted when it ends exactly at the reference answer.
+        detail = (
+            f"last computed value {values[-1]!r} is not {reference!r} after repairs: {'; '.join(repairs)}"
+        )
+        return _reject(row, "mismatch", detail)
     if values and not any(is_equivalent(v, reference) for v in reversed(values)):
         return _reject(
             row, "final answer mismatch", f"no computed value equals {reference!r}; last {values[-1]!r}"
         )
-    return Trace(
+    trace = Trace(
         problem=str(row["question"]),
         blocks=blocks,
         final_answer=answer,
@@ -282,30 +355,82 @@ async def build_trace(row: Mapping[str, Any], session: Session) -> Trace | Rejec
             model=None,
             timings={"total_s": time.monotonic() - t0},
             usage=Usage(cells=len(cells)),
-            source={"dataset": "gsm8k", "split": "train", "id": row.get("id"), "converter": "gsm8k_calc"},
+            source={"dataset": "gsm8k", "split": "train", "id": row.get("id"), "converter": MODE},
             format="markdown",
             stop_reason="eos",
             cells=cells,
         ),
     )
+    return Converted(trace, tuple(repairs))
+
+
+def _row(seed: Problem) -> dict[str, Any]:
+    if "solution" not in seed.meta:
+        raise ConversionError(f"{seed.id}: the seed has no worked solution (meta['solution'])")
+    return {
+        "id": seed.id,
+        "question": seed.question,
+        "answer": seed.answer,
+        "solution": seed.meta["solution"],
+    }
+
+
+async def generate(seed: Problem, ctx: GenContext) -> SeedOutcome:
+    """Mode ``gsm8k-calc``: one validated code-interleaved trace for the seed, or its rejection."""
+    t0 = time.monotonic()
+    async with ctx.sessions() as session:
+        built = await build_trace(_row(seed), session)
+    if isinstance(built, Rejection):
+        return SeedOutcome(id=seed.id, rejections=[built], candidates=1, wall_time_s=time.monotonic() - t0)
+    record = GenRecord(
+        id=f"{seed.id}/{MODE}/0", seed_id=seed.id, mode=MODE, question=seed.question, answer=seed.answer,
+        trace=built.trace,
+        provenance={"dataset": seed.dataset, "split": seed.split, "repairs": list(built.repairs)},
+    )  # fmt: skip
+    return SeedOutcome(
+        id=seed.id, records=[record], candidates=1, repaired=int(bool(built.repairs)),
+        wall_time_s=time.monotonic() - t0,
+    )  # fmt: skip
+
+
+async def generate_text(seed: Problem, ctx: GenContext) -> SeedOutcome:
+    """Mode ``gsm8k-text``: the same solution as prose only (annotations stripped), no code — the
+    control data set for training experiments."""
+    row = _row(seed)
+    answer = final_answer(str(row["solution"]))
+    if not is_equivalent(answer, seed.answer):
+        rejection = Rejection(seed_id=seed.id, mode="gsm8k-text", reason="final answer mismatch",
+                              detail=f"#### {answer!r} vs reference {seed.answer!r}")  # fmt: skip
+        return SeedOutcome(id=seed.id, rejections=[rejection], candidates=1)
+    text = f"{text_only(row['solution'])}\nThe answer is \\boxed{{{answer}}}."
+    trace = Trace(
+        problem=seed.question, blocks=[TextBlock(text=text)], final_answer=answer,
+        metadata=TraceMetadata(source={"dataset": seed.dataset, "split": seed.split, "id": seed.id},
+                               format="markdown", stop_reason="eos"),
+    )  # fmt: skip
+    record = GenRecord(
+        id=f"{seed.id}/gsm8k-text/0", seed_id=seed.id, mode="gsm8k-text", question=seed.question,
+        answer=seed.answer, trace=trace, provenance={"dataset": seed.dataset, "split": seed.split},
+    )  # fmt: skip
+    return SeedOutcome(id=seed.id, records=[record], candidates=1)
 
 
 async def convert_all(
     rows: Sequence[Mapping[str, Any]],
     pool: KernelPool | Callable[[], AbstractAsyncContextManager[Session]],
     concurrency: int = 8,
-) -> tuple[list[Trace], list[Rejection]]:
+) -> tuple[list[Converted], list[Rejection]]:
     """Build traces for ``rows`` (one session per problem, at most ``concurrency`` at once), in order."""
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     sessions = pool.session if isinstance(pool, KernelPool) else pool
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(row: Mapping[str, Any]) -> Trace | Rejection:
+    async def one(row: Mapping[str, Any]) -> Converted | Rejection:
         async with gate, sessions() as session:
             return await build_trace(row, session)
 
     results = await asyncio.gather(*(one(row) for row in rows))
-    traces = [r for r in results if isinstance(r, Trace)]
+    converted = [r for r in results if isinstance(r, Converted)]
     rejections = [r for r in results if isinstance(r, Rejection)]
-    return traces, rejections
+    return converted, rejections

@@ -1,0 +1,132 @@
+"""``mathcoder generate MODE``: produce a training data set (traces, SFT view, card) in a run folder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+
+from training.generate.modes import MODES
+
+_MODES_HELP = "; ".join(f"{m.name}: {m.help}" for m in MODES.values())
+
+
+def _contamination_index(names: list[str]) -> Any:
+    from benchmarks.datasets import DatasetError, load_problems
+    from training.generate.dedupe import ContaminationIndex
+
+    questions: list[str] = []
+    for name in names:
+        dataset, _, split = name.partition(":")
+        try:
+            questions += [p.question for p in load_problems(dataset, split or "test")]
+        except DatasetError as exc:
+            typer.echo(f"warning: not decontaminating against {name}: {exc}", err=True)
+    return ContaminationIndex(questions) if questions else None
+
+
+def generate(
+    mode: Annotated[str, typer.Argument(help=f"The generation mode. {_MODES_HELP}.")],
+    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/generate/<mode>).")] = None,
+    dataset: Annotated[str, typer.Option(help="Seed data set (registered name).")] = "gsm8k",
+    split: Annotated[str, typer.Option(help="Seed split.")] = "train",
+    data: Annotated[Path | None, typer.Option(help="Seed problems from this JSONL instead.")] = None,
+    limit: Annotated[int | None, typer.Option(min=0, help="Only the first N seeds.")] = None,
+    seed: Annotated[int, typer.Option(help="Run seed: masks, walks and sampling repeat with it.")] = 0,
+    samples: Annotated[int, typer.Option(min=1, help="Trajectories per question (teacher modes).")] = 4,
+    keep_per_seed: Annotated[int, typer.Option(min=1, help="Distinct traces kept per seed at most.")] = 4,
+    variants: Annotated[int, typer.Option(min=1, help="New questions per seed (backward, rephrase, concept-graph).")] = 1,
+    temperature: Annotated[float | None, typer.Option(min=0.0, help="Default 0.7 with samples > 1, else 0.")] = None,
+    backend: Annotated[str | None, typer.Option(help="Teacher: transformers (the local default model), openai, vllm.")] = None,
+    model: Annotated[str | None, typer.Option(help="Teacher model name or path.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="Teacher server URL (backend openai).")] = None,
+    preset: Annotated[str, typer.Option(help="Prompt preset the teacher solves with.")] = "tir",
+    max_rounds: Annotated[int, typer.Option(min=1, help="Code cells per trajectory at most.")] = 8,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per trajectory at most.")] = 1024,
+    concurrency: Annotated[int, typer.Option(min=1, help="Seeds (and teacher calls) in flight.")] = 8,
+    self_verification: Annotated[bool, typer.Option(help="backward: also self-verification questions (needs --backend).")] = False,
+    min_agreement: Annotated[float, typer.Option(min=0.0, max=1.0, help="concept-graph: share of samples that must agree.")] = 0.5,
+    merge_with: Annotated[list[Path] | None, typer.Option(help="Data set folders to merge into this one (self-train).")] = None,
+    decontaminate: Annotated[str, typer.Option(help="Drop questions sharing a 13-gram with these test sets ('' for none).")] = "gsm8k:test,math:test",
+    sft_preset: Annotated[str, typer.Option(help="Preset whose system prompt the SFT view renders.")] = "tir-sft",
+    ray: Annotated[str | None, typer.Option(help="Shard over Ray workers: a cluster address, 'auto' or 'local'.")] = None,
+    ray_workers: Annotated[int | None, typer.Option(min=1, help="Ray actors (default: one per CPU).")] = None,
+    script: Annotated[Path | None, typer.Option(hidden=True, help="Replay script of --backend scripted.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a live progress bar.")] = True,
+) -> None:  # fmt: skip
+    """Generate training data: seeds in, validated code-interleaved traces out (resumable)."""
+    from benchmarks.datasets import DatasetError, load_jsonl, load_problems
+    from benchmarks.ray_run import BackendSpec
+    from benchmarks.run_folder import RunError
+    from sandbox.errors import SandboxError
+    from sandbox.pool import KernelPool
+    from sandbox.settings import SandboxSettings
+    from training.generate.context import TeacherRequired
+    from training.generate.records import GenerateConfig
+    from training.generate.runner import run_generation, run_generation_ray
+
+    if mode not in MODES:
+        raise typer.BadParameter(
+            f"unknown mode {mode!r}; choose one of {', '.join(MODES)}", param_hint="MODE"
+        )
+    out = out or Path("runs/generate") / mode
+    options: dict[str, Any] = {}
+    if self_verification:
+        options["self_verification"] = True
+    if mode == "concept-graph":
+        options["min_agreement"] = min_agreement
+    temp = temperature if temperature is not None else (0.7 if samples > 1 else 0.0)
+    config = GenerateConfig(
+        mode=mode, dataset=dataset if data is None else data.stem, split=split,
+        data_file=str(data.resolve()) if data else None, limit=limit, seed=seed, samples=samples,
+        keep_per_seed=keep_per_seed, temperature=temp, backend=backend, model=model, base_url=base_url,
+        preset=preset, max_rounds=max_rounds, max_tokens=max_tokens, concurrency=concurrency,
+        variants=variants, options=options,
+    )  # fmt: skip
+    try:
+        if data is not None:
+            seeds = load_jsonl(data, dataset=data.stem, split=split, limit=limit, keep_solution=True)
+        else:
+            seeds = load_problems(dataset, split, limit=limit, keep_solution=True)
+    except (DatasetError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    contamination = _contamination_index([n for n in decontaminate.split(",") if n.strip()])
+    spec = None
+    if backend is not None:
+        scripted = json.loads(script.read_text(encoding="utf-8")) if script is not None else None
+        spec = BackendSpec(kind=backend, model=model, base_url=base_url, script=scripted)
+    merge = list(merge_with or [])
+
+    async def single() -> dict[str, Any]:
+        teacher = None if spec is None else await asyncio.to_thread(spec.build)
+        sandbox = SandboxSettings()
+        sandbox = sandbox.model_copy(update={"pool_size": min(sandbox.pool_size, concurrency)})
+        try:
+            async with KernelPool(sandbox) as pool:
+                return await run_generation(
+                    config, seeds, sessions=pool.session, backend=teacher, out_dir=out, progress=progress,
+                    merge_with=merge, contamination=contamination, sft_preset=sft_preset,
+                )  # fmt: skip
+        finally:
+            if teacher is not None:
+                await teacher.aclose()
+
+    try:
+        if ray is not None:
+            card = run_generation_ray(
+                config, seeds, backend=spec, out_dir=out, address=ray, workers=ray_workers, progress=progress,
+                merge_with=merge, contamination=contamination, sft_preset=sft_preset,
+            )  # fmt: skip
+        else:
+            card = asyncio.run(single())
+    except (RunError, SandboxError, TeacherRequired, RuntimeError, ValueError, KeyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    Console(stderr=True).print(Markdown((out / "card.md").read_text(encoding="utf-8")))
+    typer.echo(json.dumps({"out": str(out), **card["counts"], "throughput": card["throughput"]}))
