@@ -30,6 +30,19 @@ def _contamination_index(names: list[str]) -> Any:
     return ContaminationIndex(questions) if questions else None
 
 
+def _id_field(path: Path) -> str | None:
+    """``"id"`` when the file's rows carry their own ids (provenance then names them), else None."""
+    if not path.is_file():
+        return None  # load_jsonl says the file is missing
+    with path.open(encoding="utf-8") as lines:
+        first = next((line for line in lines if line.strip()), "{}")
+    try:
+        row = json.loads(first)
+    except json.JSONDecodeError:
+        return None  # load_jsonl reports the bad line with its number
+    return "id" if isinstance(row, dict) and "id" in row else None
+
+
 def generate(
     mode: Annotated[str, typer.Argument(help=f"The generation mode. {_MODES_HELP}.")],
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/generate/<mode>).")] = None,
@@ -90,7 +103,14 @@ def generate(
     )  # fmt: skip
     try:
         if data is not None:
-            seeds = load_jsonl(data, dataset=data.stem, split=split, limit=limit, keep_solution=True)
+            seeds = load_jsonl(
+                data,
+                id_field=_id_field(data),
+                dataset=data.stem,
+                split=split,
+                limit=limit,
+                keep_solution=True,
+            )
         else:
             seeds = load_problems(dataset, split, limit=limit, keep_solution=True)
     except (DatasetError, OSError) as exc:

@@ -20,7 +20,7 @@ from typing import Any
 
 from benchmarks.bench_io import environment
 from benchmarks.run_folder import write_atomic, write_jsonl
-from training.generate.dedupe import ContaminationIndex, DedupeStats, dedupe
+from training.generate.dedupe import NEAR_THRESHOLD, ContaminationIndex, DedupeStats, dedupe
 from training.generate.records import GenerateConfig, GenRecord, SeedOutcome
 from training.generate.sft_view import DEFAULT_PRESET, to_sft
 
@@ -123,7 +123,7 @@ def _card(
             "near": stats.near,
             "contaminated": stats.contaminated,
             "by_mode": stats.by_mode,
-            "near_threshold": 0.9,
+            "near_threshold": NEAR_THRESHOLD,
             "decontaminated_against": None if contamination is None else contamination.questions,
         },
         "traces": {

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from runtime.trace import CodeBlock, TextBlock, Trace
 from training.generate.records import GenRecord
 
+NEAR_THRESHOLD = 0.8
+"""Jaccard similarity of word 3-gram shingles at or above which two solutions count as one."""
+
 _WORD = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?|[^\sa-z0-9]")
 
 
@@ -55,7 +58,7 @@ class DedupeStats:
 
 
 def dedupe(
-    records: Sequence[GenRecord], *, threshold: float = 0.9, stats: DedupeStats | None = None
+    records: Sequence[GenRecord], *, threshold: float = NEAR_THRESHOLD, stats: DedupeStats | None = None
 ) -> list[GenRecord]:
     """``records`` without exact or near duplicates (Jaccard of word 3-gram shingles >= ``threshold``)
     of an earlier record with the same question; the first of each group is kept, order preserved."""
