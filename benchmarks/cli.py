@@ -181,12 +181,9 @@ def bench(
         str(summary.errors), str(summary.tool_calls), str(summary.completion_tokens), f"{summary.wall_time_s:.1f}",
     )  # fmt: skip
     Console(stderr=True).print(table)
-    try:
-        from benchmarks.summary import write_report  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        pass
-    else:
-        write_report(out)  # report.json, report.md and plots next to the records
+    from benchmarks.summary import write_report
+
+    write_report(out)  # report.json, report.md and plots next to the records
     typer.echo(summary.model_dump_json())
 
 
@@ -198,8 +195,6 @@ def register(app: typer.Typer) -> None:
     )
     bench_app.callback()(bench)
     app.add_typer(bench_app, name="bench")
-    try:  # report/compare/export, from the report subsystem when it is present
-        from benchmarks.harness_cli import register as register_reports
-    except ImportError:
-        return
+    from benchmarks.harness_cli import register as register_reports
+
     register_reports(app, bench_app)

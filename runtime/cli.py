@@ -6,6 +6,7 @@ import typer
 
 from benchmarks.cli import register as register_benchmarks
 from runtime.model_store import ModelFetchError, ensure_default_model
+from runtime.serve_cli import serve
 from runtime.settings import RuntimeSettings
 from runtime.solve_cli import solve
 from sandbox.cli import app as sandbox_app
@@ -22,6 +23,7 @@ model_app = typer.Typer(help="The embedded default model.", no_args_is_help=True
 app.add_typer(model_app, name="model")
 app.add_typer(sandbox_app, name="sandbox")
 app.command("solve")(solve)
+app.command("serve")(serve)
 
 
 @model_app.command("fetch")
