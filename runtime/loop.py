@@ -211,18 +211,7 @@ async def run_trajectory(
                 output = shape_output(result, fmt, limits, backend)
                 blocks.append(OutputBlock(output=output, status=result.status))
                 usage.cells += 1
-                provenance.append(
-                    CellProvenance(
-                        index=index,
-                        status=result.status,
-                        wall_time_s=result.wall_time_s,
-                        output_chars=len(output),
-                        truncated=result.stdout_truncated
-                        or result.stderr_truncated
-                        or "characters truncated] ..." in output,
-                        kernel_restarted=result.kernel_restarted,
-                    )
-                )
+                provenance.append(CellProvenance.of(index, result, output))
                 yield ExecutionFinished(index=index, result=result, output=output)
                 turn += fmt.output_suffix(pending, output)
                 pending_start = len(turn)

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sandbox.result import TRUNCATION_MARK, ExecutionResult
 from sandbox.result import ExecutionStatus as ExecutionStatus  # re-exported: traces carry it
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -74,6 +75,18 @@ class CellProvenance(BaseModel):
     output_chars: int = Field(description="Characters of output shown to the model.")
     truncated: bool = Field(description="The output shown to the model was cut (sandbox or prompt limit).")
     kernel_restarted: bool = False
+
+    @classmethod
+    def of(cls, index: int, result: ExecutionResult, shown: str) -> CellProvenance:
+        """Provenance of cell ``index`` that ran to ``result`` and was shown to the model as ``shown``."""
+        return cls(
+            index=index,
+            status=result.status,
+            wall_time_s=result.wall_time_s,
+            output_chars=len(shown),
+            truncated=result.stdout_truncated or result.stderr_truncated or TRUNCATION_MARK in shown,
+            kernel_restarted=result.kernel_restarted,
+        )
 
 
 class TraceMetadata(BaseModel):

@@ -110,10 +110,14 @@ def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
 
+TRUNCATION_MARK = " characters truncated] ..."
+"""Part of the line ``truncate_middle`` puts where it cut: a shown output containing it was cut."""
+
+
 def truncate_middle(text: str, max_chars: int) -> str:
     """Keep the head and the tail of ``text`` with an explicit marker between them."""
     if len(text) <= max_chars:
         return text
     keep = max(max_chars // 2, 1)
     dropped = len(text) - 2 * keep
-    return f"{text[:keep]}\n... [{dropped} characters truncated] ...\n{text[-keep:]}"
+    return f"{text[:keep]}\n... [{dropped}{TRUNCATION_MARK}\n{text[-keep:]}"

@@ -32,17 +32,14 @@ from benchmarks.grading import is_equivalent
 from benchmarks.records import Problem
 from runtime.loop import CellRunner
 from runtime.trace import (
-    Block,
-    CellProvenance,
-    CodeBlock,
     ExecutionStatus,
-    OutputBlock,
     TextBlock,
     Trace,
     TraceMetadata,
     Usage,
 )
 from sandbox.pool import KernelPool, Session
+from training.generate.cells import TraceWriter
 from training.generate.context import GenContext
 from training.generate.records import GenRecord, Rejection, SeedOutcome
 
@@ -50,7 +47,6 @@ RejectReason = Literal["parse error", "execution error", "mismatch", "final answ
 MODE = "gsm8k-calc"
 
 SHOW_HELPER = "def show(x):\n    x = round(x, 6)\n    return int(x) if x == int(x) else x\n"
-OUTPUT_CHARS = 2000
 REL_TOL = 1e-3
 ABS_TOL = 1e-6
 
@@ -293,8 +289,7 @@ async def build_trace(row: Mapping[str, Any], session: CellRunner) -> Converted 
         steps = convert(row)
     except ConversionError as exc:
         return _reject(row, "parse error", str(exc))
-    blocks: list[Block] = []
-    cells: list[CellProvenance] = []
+    out = TraceWriter(session)
     values: list[str] = []
     repairs: list[str] = []
     fixes: dict[str, str] = {}  # a wrong annotated result -> the computed one, for the prose after it
@@ -304,23 +299,11 @@ async def build_trace(row: Mapping[str, Any], session: CellRunner) -> Converted 
             for wrong in step.expected:
                 if wrong in fixes:
                     text = _standalone(wrong).sub(fixes[wrong], text)
-            blocks.append(TextBlock(text=text))
+            out.text(text)
             continue
         repairs += step.repairs
-        result = await session.execute(step.content)
-        output = result.prompt_text(OUTPUT_CHARS)
-        blocks += [CodeBlock(code=step.content), OutputBlock(output=output, status=result.status)]
-        cells.append(
-            CellProvenance(
-                index=len(cells),
-                status=result.status,
-                wall_time_s=result.wall_time_s,
-                output_chars=len(output),
-                truncated=result.stdout_truncated or len(output) < len(result.stdout.rstrip("\n")),
-                kernel_restarted=result.kernel_restarted,
-            )
-        )
-        where = f"cell {len(cells) - 1}"
+        result, output = await out.run(step.content)
+        where = out.where
         if result.status != ExecutionStatus.OK:
             return _reject(row, "execution error", f"{where}: {result.status}: {output[-200:]}")
         printed = result.stdout.strip().split("\n")
@@ -349,16 +332,16 @@ async def build_trace(row: Mapping[str, Any], session: CellRunner) -> Converted 
         )
     trace = Trace(
         problem=str(row["question"]),
-        blocks=blocks,
+        blocks=out.blocks,
         final_answer=answer,
         metadata=TraceMetadata(
             model=None,
             timings={"total_s": time.monotonic() - t0},
-            usage=Usage(cells=len(cells)),
+            usage=Usage(cells=len(out.cells)),
             source={"dataset": "gsm8k", "split": "train", "id": row.get("id"), "converter": MODE},
             format="markdown",
             stop_reason="eos",
-            cells=cells,
+            cells=out.cells,
         ),
     )
     return Converted(trace, tuple(repairs))
