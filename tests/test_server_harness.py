@@ -1,0 +1,250 @@
+"""The harness the server tests share (this module holds no tests).
+
+``LiveServer`` runs a real uvicorn server on a loopback port in a thread with its own event loop,
+as a deployment would run it; its socket is bound and listening before the thread starts, so a
+client's first request waits in the backlog instead of failing, and ``start`` returns when the
+app's start-up is over (an event, never a sleep).  ``call`` runs a coroutine on the server's
+loop (to wait for the pool's or a session's state from a test).  ``ScriptBook`` is the test
+double of a model: a stateless replay, answering by the problem in the prompt and the number of
+cells already run, so one script serves any number of requests; steps may wait on gates that a
+test opens, which is how tests hold a trajectory at a known point without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from runtime.backends.base import BackendError, Completion, CompletionRequest
+from runtime.server import ServerSettings
+from sandbox.pool import KernelPool
+from sandbox.settings import SandboxSettings
+
+T = TypeVar("T")
+
+SOLVE_KEY = "sk-solve-0123456789abcdef"
+EXEC_KEY = "sk-exec-0123456789abcdef"
+BOTH_KEY = "sk-both-0123456789abcdef"
+OTHER_KEY = "sk-other-0123456789abcdef"
+KEYS = f"{SOLVE_KEY} solve solver;{EXEC_KEY} execute executor;{BOTH_KEY} solve,execute both;{OTHER_KEY} solve,execute other"
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def sandbox(uid_base: int, **overrides: Any) -> SandboxSettings:
+    """Test kernels: uids from ``uid_base`` (each module its own range), a run folder of their own."""
+    base = SandboxSettings()
+    values: dict[str, Any] = {
+        "pool_size": 2,
+        "max_kernels": 8,
+        "cell_timeout_s": 5,
+        "interrupt_grace_s": 1,
+        "uid_base": uid_base,
+        "run_dir": base.run_dir / "test-server" / str(uid_base),
+    }
+    return base.model_copy(update={**values, **overrides})
+
+
+def settings(**overrides: Any) -> ServerSettings:
+    """Server settings for tests: the test keys, small bounds, fast keep-alives."""
+    values: dict[str, Any] = {
+        "api_keys": KEYS,
+        "max_running": 8,
+        "max_queued": 8,
+        "per_key_concurrency": 6,
+        "keepalive_s": 0.25,
+        "max_rounds": 4,
+        "max_tokens": 512,
+        "max_sessions": 3,
+        "max_sessions_per_key": 2,
+        "max_body_bytes": 64 * 1024,
+        "shutdown_grace_s": 5,
+    }
+    return ServerSettings(**{**values, **overrides})
+
+
+_TLS = ssl.create_default_context()  # built once: httpx would load the CA bundle for every client
+
+
+def http(base_url: str = "", **options: Any) -> httpx.AsyncClient:
+    """An httpx client for a test server (loopback, plain HTTP)."""
+    return httpx.AsyncClient(base_url=base_url, verify=_TLS, **options)
+
+
+@dataclass(frozen=True)
+class Say:
+    """One model step: its text, whether the model ends its turn after it, an optional gate to wait
+    on first, and ``fail`` to make the backend raise (as a dead model server would)."""
+
+    text: str = ""
+    eos: bool = False
+    gate: str | None = None
+    fail: bool = False
+
+
+def cell(code: str, prose: str = "Let me compute.") -> Say:
+    return Say(f"{prose}\n```python\n{code}\n```\n")
+
+
+class ScriptBook:
+    """A stateless scripted model: step = cells already answered in this turn."""
+
+    name = "scripted"
+
+    def __init__(
+        self, scripts: Mapping[str, Sequence[Say]], default: Sequence[Say] = (Say("\\boxed{1}", eos=True),)
+    ) -> None:
+        self.scripts = {k: list(v) for k, v in scripts.items()}
+        self.default = list(default)
+        self._gates: dict[str, asyncio.Event] = {}
+        self._arrived: dict[str, asyncio.Event] = {}
+
+    def _event(self, table: dict[str, asyncio.Event], name: str) -> asyncio.Event:
+        return table.setdefault(name, asyncio.Event())
+
+    async def arrived(self, gate: str) -> None:
+        """Wait (on the server's loop) until a trajectory waits at ``gate``."""
+        await self._event(self._arrived, gate).wait()
+
+    async def open(self, gate: str) -> None:
+        self._event(self._gates, gate).set()
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        head, _, turn = request.prompt.rpartition("<|im_start|>assistant\n")
+        problem = head.rpartition("<|im_start|>user\n")[2].removesuffix("<|im_end|>\n")
+        script = self.scripts.get(problem, self.default)
+        step = script[min(turn.count("```output\n"), len(script) - 1)]
+        if step.gate is not None:
+            self._event(self._arrived, step.gate).set()
+            await self._event(self._gates, step.gate).wait()
+        if step.fail:
+            raise BackendError("scripted failure: the model server went away")
+        text = step.text
+        prompt_tokens = len(request.prompt.split())
+        hits = [(text.find(s), s) for s in request.stop if s in text]
+        if hits:
+            at, stop = min(hits)
+            return Completion(
+                text=text[:at],
+                finish_reason="stop",
+                stop=stop,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=len(text[:at].split()) + 1,
+            )
+        return Completion(
+            text=text,
+            finish_reason="eos" if step.eos else "length",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(text.split()),
+        )
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        return (
+            "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+            + "<|im_start|>assistant\n"
+        )
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.settled = threading.Event()  # start-up is over, either way
+        self.shutting_down = threading.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets)
+        finally:
+            self.settled.set()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.shutting_down.set()
+        await super().shutdown(sockets)
+
+
+class LiveServer:
+    def __init__(self, app: FastAPI, *, grace_s: int = 5) -> None:
+        self.app = app
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.port: int = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            ws="none",
+            lifespan="on",
+            timeout_graceful_shutdown=grace_s,
+        )
+        self.server = _Server(config)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"server-{self.port}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported by start()/stop() in the test's thread
+            self.error = exc
+        finally:
+            self.server.settled.set()
+
+    async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.server.serve(sockets=[self.sock])
+
+    def start(self, timeout_s: float = 120.0) -> LiveServer:
+        self.thread.start()
+        if not self.server.settled.wait(timeout_s):
+            raise TimeoutError(f"the server did not start within {timeout_s} s")
+        if not self.server.started:
+            self.thread.join(10)
+            raise RuntimeError(f"the server failed to start: {self.error!r}")
+        return self
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout_s)
+        if self.thread.is_alive():
+            raise TimeoutError(f"the server did not stop within {timeout_s} s")
+        if self.error is not None:
+            raise self.error
+
+    async def call(self, factory: Callable[[], Awaitable[T]], timeout_s: float = 60.0) -> T:
+        """Run ``factory()`` on the server's loop; await its result from the test's loop."""
+        assert self.loop is not None
+
+        async def bounded() -> T:
+            return await asyncio.wait_for(factory(), timeout_s)
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(bounded(), self.loop))
+
+    @property
+    def services(self) -> Any:
+        return self.app.state.services
+
+
+async def leased_drops_to_zero(live: LiveServer) -> None:
+    """Wait (on the server's loop, no polling) until no kernel of its pool is leased."""
+    pool: KernelPool = live.services.pool
+    await live.call(lambda: pool.wait_until(lambda s: s.leased == 0))
