@@ -7,12 +7,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     from training.generate.cli import generate
+    from training.train_cli import train
 
     app.command("generate")(generate)
-    try:
-        from training.train_cli import train
-    except ModuleNotFoundError as exc:  # until the training subsystem lands
-        if exc.name != "training.train_cli":
-            raise
-    else:
-        app.command("train")(train)
+    app.command("train")(train)
