@@ -12,13 +12,16 @@ Layers of each container:
 2. cgroup limits: memory (``memory_mb``, and as much memory+swap, so no swap), pids
    (``max_processes``), one CPU;
 3. rlimits: address space (``address_space_mb``, set by the container's command, as the engine
-   cannot), CPU seconds, open files, file size, no core files;
+   cannot), CPU seconds, open files, file size, no core files, processes of the kernel's uid;
 4. uid ``uid_base + slot`` (the host's own uid when the host process is not root), all capabilities
    dropped, ``no-new-privileges``;
 5. a read-only root filesystem; the working directory ``/tmp`` is a private tmpfs of ``workdir_mb``;
 6. an environment made only of ``sandbox.local.kernel_env`` (nothing of the host's) and the
    image's ``PATH``; an init process reaps what the kernel spawns; the engine keeps at most 1 MB of
    the container's own stdout and stderr.
+
+Engines: docker, and podman's Docker-compatible API (``podman system service``, as root; the
+integration tests run against podman 4.3, see ``deploy/podman-ci.sh``), told apart by ``engine_of``.
 
 What it does not protect against:
 
@@ -52,7 +55,7 @@ import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from sandbox.errors import KernelStartError, SandboxUnavailable
 from sandbox.launcher import KernelSpec
@@ -70,6 +73,8 @@ LABEL = "mathcoder.sandbox"
 SLOT_LABEL = "mathcoder.slot"
 
 WORKDIR = "/tmp"
+SHARED_UID_HEADROOM = 1024
+"""Processes and threads of the host process itself, in the RLIMIT_NPROC of kernels that share its uid."""
 _LOG_TAIL_CHARS = 800
 SET_ADDRESS_SPACE = (
     "import os, resource, sys; limit = int(sys.argv[1]); "
@@ -91,14 +96,33 @@ def _sdk() -> Any:
     return docker
 
 
-def container_config(settings: SandboxSettings, spec: KernelSpec, uid: int | None = None) -> dict[str, Any]:
+Engine = Literal["docker", "podman"]
+"""The engine behind the API: podman's Docker-compatible service differs in one option."""
+
+
+def container_config(
+    settings: SandboxSettings,
+    spec: KernelSpec,
+    uid: int | None = None,
+    engine: Engine = "docker",
+    shared_uid: bool = False,
+) -> dict[str, Any]:
     """The keyword arguments of ``client.containers.create`` for the kernel ``spec``.
 
     ``uid`` defaults to ``uid_base + slot``.  The environment is ``kernel_env`` without its
     ``PATH``, which names this host's Python: the image's own ``PATH`` finds the image's ``python``.
+    The working directory's tmpfs is the kernel's: docker takes its owner as ``uid=``/``gid=``
+    options, which podman refuses (4.3: "unknown mount option"); podman's ``U`` chowns it to the
+    container's user instead.  RLIMIT_NPROC counts a uid's processes host-wide: ``max_processes``
+    when the kernel's uid is its own; when all kernels share the host process's uid (``shared_uid``)
+    it bounds them all together, with ``SHARED_UID_HEADROOM`` for the host process's own threads.
+    It is always set because podman's default (1048576) fails where the host denies
+    CAP_SYS_RESOURCE.
     """
     s = settings
     uid = s.uid_base + spec.slot if uid is None else uid
+    owner = "U" if engine == "podman" else f"uid={uid},gid={uid}"
+    nproc = s.max_kernels * s.max_processes + SHARED_UID_HEADROOM if shared_uid else s.max_processes
     conn_dir = str(spec.conn_dir)
     memory = s.memory_mb << 20
     return {
@@ -118,7 +142,7 @@ def container_config(settings: SandboxSettings, spec: KernelSpec, uid: int | Non
         "network_mode": "none",
         "read_only": True,
         # Owned by the kernel: the engine resets the mode of a tmpfs that is the working directory.
-        "tmpfs": {WORKDIR: f"size={s.workdir_mb}m,mode=0700,uid={uid},gid={uid}"},
+        "tmpfs": {WORKDIR: f"size={s.workdir_mb}m,mode=0700,{owner}"},
         # Mounted after the tmpfs (the engine mounts parents first), so it shows through /tmp.
         "volumes": {conn_dir: {"bind": conn_dir, "mode": "rw"}},
         "mem_limit": memory,
@@ -130,6 +154,7 @@ def container_config(settings: SandboxSettings, spec: KernelSpec, uid: int | Non
             {"name": "nofile", "soft": s.max_open_files, "hard": s.max_open_files},
             {"name": "fsize", "soft": s.max_file_mb << 20, "hard": s.max_file_mb << 20},
             {"name": "core", "soft": 0, "hard": 0},
+            {"name": "nproc", "soft": nproc, "hard": nproc},
         ],
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
@@ -172,6 +197,7 @@ class DockerKernelProcess:
     _log: str = field(default="", repr=False)
     _lost: str = field(default="", repr=False)
     _closed: bool = field(default=False, repr=False)
+    _killed: bool = field(default=False, repr=False)
 
     @property
     def id(self) -> str:
@@ -199,6 +225,7 @@ class DockerKernelProcess:
 
     def kill(self) -> None:
         """Send SIGKILL to the container, from a thread: this returns at once, even on the loop."""
+        self._killed = True
         threading.Thread(
             target=_best_effort, args=("kill", self.container.kill), name=f"kill-{self.id[:12]}", daemon=True
         ).start()
@@ -227,6 +254,13 @@ class DockerKernelProcess:
                 sig = signal.Signals(code - 128)
                 if sig == signal.SIGXCPU:
                     return "the kernel was killed for exceeding its CPU time limit"
+                if sig == signal.SIGKILL and not self._killed and not self._closed:
+                    # Not our kill: the engine's OOM killer, though some engines do not say so
+                    # (podman 4.3 on cgroup v1 reports OOMKilled false).
+                    return (
+                        "the kernel was killed (SIGKILL, not by the sandbox), most likely for exceeding "
+                        "its memory limit"
+                    )
                 return f"the kernel died from signal {sig.name}"
         if code is None:
             return "the kernel's container is still running"
@@ -241,12 +275,15 @@ class DockerLauncher:
     reached by ``launch`` (or ``connect``), which raise ``SandboxUnavailable`` when none answers.
     """
 
-    def __init__(self, settings: SandboxSettings, client: DockerClient | None = None) -> None:
+    def __init__(
+        self, settings: SandboxSettings, client: DockerClient | None = None, engine: Engine | None = None
+    ) -> None:
         if client is None:
             _sdk()
         self.settings = settings
         self.privileged = os.geteuid() == 0
         self._client = client
+        self._engine = engine
         self._lock = threading.Lock()
         self._processes: weakref.WeakSet[DockerKernelProcess] = weakref.WeakSet()
         settings.run_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
@@ -288,7 +325,14 @@ class DockerLauncher:
                     _drop_frames(e)
                     raise SandboxUnavailable(message) from None
                 self._client = client
+            if self._engine is None:
+                self._engine = engine_of(self._client)
             return self._client
+
+    @property
+    def engine(self) -> Engine:
+        """The engine's kind, known once connected (``docker`` until then)."""
+        return self._engine or "docker"
 
     async def launch(self, spec: KernelSpec) -> DockerKernelProcess:
         client = await asyncio.to_thread(self.connect)
@@ -296,7 +340,9 @@ class DockerLauncher:
         if self.privileged:
             os.chown(spec.conn_dir, uid, uid)
             os.chown(spec.conn_file, uid, uid)
-        config = container_config(self.settings, spec, uid=uid)
+        config = container_config(
+            self.settings, spec, uid=uid, engine=self.engine, shared_uid=not self.privileged
+        )
         started = asyncio.ensure_future(asyncio.to_thread(self._start, client, config))
         try:
             container = await asyncio.shield(started)
@@ -348,6 +394,17 @@ class DockerLauncher:
         if removed:
             logger.info("removed %d orphaned kernel containers", removed)
         return removed
+
+
+def engine_of(client: Any) -> Engine:
+    """``podman`` when the engine says it is Podman's (its version lists a "Podman Engine"
+    component), else ``docker``; also ``docker`` when it does not say."""
+    try:
+        components = client.version().get("Components") or []
+    except Exception:
+        return "docker"
+    names = {str(c.get("Name", "")) for c in components if isinstance(c, dict)}
+    return "podman" if "Podman Engine" in names else "docker"
 
 
 def _discard(started: asyncio.Future[Container]) -> None:

@@ -1,9 +1,11 @@
 """The docker backend: its container configuration, its lifecycle against a fake engine, and — where
 a docker engine answers and the sandbox image is built — its protection claims against real kernels.
 
-The integration tests use ``MATHCODER_SANDBOX_DOCKER_IMAGE`` (default ``mathcoder-sandbox:latest``),
-an image with ``python`` and ``ipykernel`` on its ``PATH``; they skip, saying why, without an engine
-or without the image.
+The integration tests use ``MATHCODER_SANDBOX_DOCKER_IMAGE`` (default ``mathcoder-sandbox:latest``,
+the Dockerfile's target ``sandbox``) on the engine that ``DOCKER_HOST`` names (else docker's socket,
+else podman's at /run/podman/podman.sock, which ``deploy/podman-ci.sh`` starts). They skip, saying
+why, without an engine or without the image; with ``MATHCODER_TEST_DOCKER=require`` they fail
+instead.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from sandbox.docker_backend import (
     DockerKernelProcess,
     DockerLauncher,
     container_config,
+    engine_of,
 )
 from sandbox.errors import SandboxUnavailable
 from sandbox.kernel import Kernel
@@ -102,6 +105,7 @@ def test_container_config_is_exactly_the_sandbox(monkeypatch: pytest.MonkeyPatch
             {"name": "nofile", "soft": 128, "hard": 128},
             {"name": "fsize", "soft": 8 << 20, "hard": 8 << 20},
             {"name": "core", "soft": 0, "hard": 0},
+            {"name": "nproc", "soft": 32, "hard": 32},
         ],
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
@@ -129,6 +133,44 @@ def test_container_environment_has_nothing_of_the_host(monkeypatch: pytest.Monke
 
 def test_container_config_takes_an_explicit_uid() -> None:
     assert container_config(small_settings(), SPEC, uid=1234)["user"] == "1234:1234"
+
+
+def test_a_shared_uid_bounds_all_kernels_together() -> None:
+    # RLIMIT_NPROC counts every process of the uid on the host: with the server's own uid shared by
+    # all kernels (a non-root server), it bounds them together; the cgroup's pids limit, each one.
+    settings = small_settings(max_kernels=4)
+    config = container_config(settings, SPEC, uid=1234, shared_uid=True)
+    assert config["ulimits"][-1] == {"name": "nproc", "soft": 4 * 32 + 1024, "hard": 4 * 32 + 1024}
+    assert config["pids_limit"] == 32
+
+
+def test_podman_owns_the_working_directory_through_its_own_option() -> None:
+    # podman 4.3 refuses docker's uid=/gid= tmpfs options ("unknown mount option"); U chowns it.
+    config = container_config(small_settings(), SPEC, engine="podman")
+    assert config["tmpfs"] == {"/tmp": "size=64m,mode=0700,U"}
+    docker_config = container_config(small_settings(), SPEC)
+    assert {k: v for k, v in config.items() if k != "tmpfs"} == {
+        k: v for k, v in docker_config.items() if k != "tmpfs"
+    }
+
+
+@pytest.mark.parametrize(
+    ("version", "engine"),
+    [
+        ({"Components": [{"Name": "Podman Engine"}, {"Name": "Conmon"}]}, "podman"),
+        ({"Components": [{"Name": "Engine"}, {"Name": "containerd"}]}, "docker"),
+        ({}, "docker"),
+        (RuntimeError("the engine did not say"), "docker"),
+    ],
+)
+def test_the_engine_is_told_by_its_version(version: Any, engine: str) -> None:
+    class Client:
+        def version(self) -> Any:
+            if isinstance(version, Exception):
+                raise version
+            return version
+
+    assert engine_of(Client()) == engine
 
 
 def test_the_sdk_turns_the_config_into_the_intended_engine_request() -> None:
@@ -164,6 +206,7 @@ def test_the_sdk_turns_the_config_into_the_intended_engine_request() -> None:
         {"Name": "nofile", "Soft": 128, "Hard": 128},
         {"Name": "fsize", "Soft": 8 << 20, "Hard": 8 << 20},
         {"Name": "core", "Soft": 0, "Hard": 0},
+        {"Name": "nproc", "Soft": 32, "Hard": 32},
     ]
     assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}}
 
@@ -305,7 +348,10 @@ async def test_launch_creates_and_starts_the_configured_container(
     launcher, client = fake
     spec = new_spec(tmp_path, slot=2)
     process = await launcher.launch(spec)
-    assert client.containers.created == [container_config(launcher.settings, spec, uid=launcher.uid(2))]
+    expected = container_config(
+        launcher.settings, spec, uid=launcher.uid(2), shared_uid=not launcher.privileged
+    )
+    assert client.containers.created == [expected]
     assert client.containers.all[0].calls == ["start"]
     uid = launcher.uid(2)
     assert (spec.conn_dir.stat().st_uid, spec.conn_file.stat().st_uid) == (uid, uid)
@@ -345,6 +391,11 @@ async def test_kill_returns_at_once_and_the_death_is_explained(
     ("code", "oom", "note"),
     [
         (137, True, "the kernel was killed for exceeding its memory limit"),
+        (
+            137,
+            False,
+            "the kernel was killed (SIGKILL, not by the sandbox), most likely for exceeding its memory limit",
+        ),
         (128 + 24, False, "the kernel was killed for exceeding its CPU time limit"),
         (
             1,
@@ -410,27 +461,42 @@ def engine_settings(tmp_path: Path, **overrides: Any) -> SandboxSettings:
     return SandboxSettings(**{**values, **overrides})
 
 
-def engine_or_skip(settings: SandboxSettings) -> DockerLauncher:
+PODMAN_SOCKET = Path("/run/podman/podman.sock")
+"""Where ``deploy/podman-ci.sh`` serves podman's Docker API; used when DOCKER_HOST is unset and
+docker's own socket is absent."""
+
+
+def engine_or_skip(settings: SandboxSettings, monkeypatch: pytest.MonkeyPatch) -> DockerLauncher:
+    """A launcher on a real engine; skipped, saying why, without one or without the image, unless
+    ``MATHCODER_TEST_DOCKER=require`` (CI, after ``deploy/podman-ci.sh``), which makes that a failure."""
+    give_up = pytest.fail if os.environ.get("MATHCODER_TEST_DOCKER") == "require" else pytest.skip
     docker = pytest.importorskip("docker", reason="the docker SDK is not installed (extra [docker])")
+    if (
+        not os.environ.get("DOCKER_HOST")
+        and not Path("/var/run/docker.sock").exists()
+        and PODMAN_SOCKET.exists()
+    ):
+        monkeypatch.setenv("DOCKER_HOST", f"unix://{PODMAN_SOCKET}")
     try:
         launcher = DockerLauncher(settings)
         client = launcher.connect()
     except SandboxUnavailable as e:
-        pytest.skip(f"no docker engine: {e}")
+        give_up(f"no docker engine: {e}; `deploy/podman-ci.sh` (root, apt) starts podman's")
     try:
         client.images.get(settings.docker_image)
     except docker.errors.ImageNotFound:
-        pytest.skip(
-            f"docker image {settings.docker_image!r} is not built; build an image with python and "
-            "ipykernel and set MATHCODER_SANDBOX_DOCKER_IMAGE to it"
+        give_up(
+            f"docker image {settings.docker_image!r} is not built: `docker build --target sandbox -t "
+            f"{settings.docker_image} .` or `deploy/podman-ci.sh images`, or set "
+            "MATHCODER_SANDBOX_DOCKER_IMAGE to an image with python and ipykernel"
         )
     return launcher
 
 
 @pytest_asyncio.fixture
-async def kernel(tmp_path: Path) -> AsyncIterator[Kernel]:
+async def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Kernel]:
     settings = engine_settings(tmp_path)
-    launcher = engine_or_skip(settings)
+    launcher = engine_or_skip(settings, monkeypatch)
     kernel = await Kernel.start(launcher, settings, slot=0)
     try:
         yield kernel
@@ -471,18 +537,65 @@ async def test_engine_kernel_is_unprivileged_and_its_root_read_only(kernel: Kern
     assert second in ("PermissionError", "OSError")
 
 
+async def test_engine_kernel_sees_its_cgroup_limits(kernel: Kernel) -> None:
+    # cgroup v2 (memory.max, pids.max) or v1 (memory/memory.limit_in_bytes, pids/pids.max).
+    r = await kernel.execute(
+        "from pathlib import Path\n"
+        "def first(*names):\n"
+        "    return next(Path('/sys/fs/cgroup', n).read_text().strip() for n in names "
+        "if Path('/sys/fs/cgroup', n).exists())\n"
+        "print(first('memory.max', 'memory/memory.limit_in_bytes'), first('pids.max', 'pids/pids.max'))\n"
+    )
+    assert r.status == ExecutionStatus.OK, r
+    settings = engine_settings(Path("/unused"))
+    assert r.stdout.split() == [str(settings.memory_mb << 20), str(settings.max_processes)]
+
+
 async def test_engine_memory_bomb_ends_the_cell_not_the_host(kernel: Kernel) -> None:
+    # RLIMIT_AS (address_space_mb, 4 GB) is far above memory_mb (256 MB): the cgroup must stop it.
     r = await kernel.execute(
         "chunks = []\nwhile True:\n    chunks.append(bytearray(32 << 20))\n", timeout_s=60
     )
     assert r.status in (ExecutionStatus.CRASHED, ExecutionStatus.ERROR), r
     if r.status == ExecutionStatus.CRASHED:
-        assert r.message == "the kernel was killed for exceeding its memory limit"
+        assert r.message is not None and "memory limit" in r.message, r.message
+    else:
+        assert r.error is not None and r.error.ename == "MemoryError", r
 
 
-async def test_engine_kernel_deaf_to_the_interrupt_is_killed_and_removed(tmp_path: Path) -> None:
+async def test_engine_fork_bomb_hits_the_process_limit(kernel: Kernel) -> None:
+    r = await kernel.execute(
+        "import os, time\n"
+        "children = []\n"
+        "try:\n"
+        "    for _ in range(1000):\n"
+        "        pid = os.fork()\n"
+        "        if pid == 0:\n"
+        "            time.sleep(60)\n"
+        "            os._exit(0)\n"
+        "        children.append(pid)\n"
+        "    print('unbounded', len(children))\n"
+        "except OSError as e:\n"
+        "    print('blocked', len(children), e.errno)\n"
+        "finally:\n"
+        "    for pid in children:\n"
+        "        os.kill(pid, 9)\n"
+        "        os.waitpid(pid, 0)\n",
+        timeout_s=60,
+    )
+    assert r.status == ExecutionStatus.OK, r
+    verdict, forked, errno = r.stdout.split()
+    assert verdict == "blocked" and errno == "11", r.stdout  # EAGAIN
+    assert int(forked) < engine_settings(Path("/unused")).max_processes
+    after = await kernel.execute("print('alive')")
+    assert after.stdout == "alive\n"
+
+
+async def test_engine_kernel_deaf_to_the_interrupt_is_killed_and_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = engine_settings(tmp_path)
-    launcher = engine_or_skip(settings)
+    launcher = engine_or_skip(settings, monkeypatch)
     kernel = await Kernel.start(launcher, settings, slot=1)
     try:
         started = time.perf_counter()
