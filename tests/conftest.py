@@ -1,15 +1,22 @@
-"""Fixtures shared by the test modules: the benchmark data folder and its JSONL files."""
+"""Fixtures shared by the test modules: the benchmark data folder and its JSONL files, and the
+default model as a teacher for the data-generation modes."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+import pytest_asyncio
 
+from benchmarks.datasets import load_jsonl
+from benchmarks.records import Problem
 from benchmarks.settings import BenchmarkSettings
+
+if TYPE_CHECKING:
+    from runtime.backends.base import Backend
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,3 +38,25 @@ def load_rows(data_dir: Path) -> Callable[[str, str], list[dict[str, Any]]]:
             return [json.loads(line) for line in lines if line.strip()]
 
     return load
+
+
+@pytest.fixture
+def gsm8k_seeds(data_dir: Path) -> list[Problem]:
+    """The first GSM8K train problem, with its reference solution."""
+    return load_jsonl(
+        data_dir / "gsm8k" / "train.jsonl", dataset="gsm8k", split="train", id_field="id", limit=1
+    )
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def teacher() -> AsyncIterator[Backend]:
+    """The default model on CPU, for the modes that need a teacher (loaded only when a slow test
+    asks for it; once per module, as its batcher belongs to the module's event loop)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from runtime.backends.transformers_backend import TransformersBackend
+    from runtime.settings import RuntimeSettings
+
+    backend = TransformersBackend.load(None, RuntimeSettings(), device="cpu")
+    yield backend
+    await backend.aclose()

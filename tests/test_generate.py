@@ -213,7 +213,9 @@ def test_teacher_keeps_correct_distinct_traces_and_self_train_merges_with_proven
     assert kept.provenance["teacher"] == {"backend": "scripted", "model": None}
     assert kept.provenance["sampling"]["temperature"] == 0.7
     card = json.loads((out / "card.json").read_text())
-    assert card["rejections"] == {"wrong answer": 3} and card["counts"]["candidates"] == 6
+    # Every sample is accounted for: one kept, two repeats of it, three wrong.
+    assert card["rejections"] == {"wrong answer": 3, "duplicate trace": 2}
+    assert card["counts"]["candidates"] == 6
 
     calc = tmp_path / "calc"
     assert generate_cli("gsm8k-calc", "--data", seed_file, "--out", calc, "--limit", "2").returncode == 0

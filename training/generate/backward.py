@@ -36,14 +36,12 @@ from runtime.loop import CellRunner
 from runtime.trace import (
     Block,
     CellProvenance,
-    CodeBlock,
     ExecutionStatus,
-    OutputBlock,
-    TextBlock,
     Trace,
     TraceMetadata,
     Usage,
 )
+from training.generate.cells import TraceWriter
 from training.generate.context import GenContext
 from training.generate.gsm8k_calc import ConversionError, Step, convert, parse_number
 from training.generate.records import GenRecord, Rejection, SeedOutcome
@@ -54,7 +52,6 @@ FOBAR_SUFFIX = (
     "If we know the answer to the above question is {answer}, what is the value of unknown variable x?"
 )
 SV_SUFFIX = "What is the value of unknown variable x?"
-OUTPUT_CHARS = 2000
 SV_MAX_TOKENS = 256
 MAX_EXPONENT = 64
 
@@ -62,27 +59,8 @@ MAX_EXPONENT = 64
 # "3 million", "three hundred": the stated value is not the number's.
 _SCALE_AFTER = r"(?!\s+(?:hundred|thousand|million|billion)\b)"
 _MENTION = re.compile(rf"(?<![\w.])(\d{{1,3}}(?:,\d{{3}})+|\d+(?:\.\d+)?|\.\d+)(?![\w]|[.,]\d){_SCALE_AFTER}")
-_TEENS = (
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-    "thirteen",
-    "fourteen",
-    "fifteen",
-    "sixteen",
-    "seventeen",
-    "eighteen",
-    "nineteen",
-    "twenty",
-)
+_TEENS = ("two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen",
+          "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty")  # fmt: skip
 _TENS = {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
 _WORD_VALUES = dict(zip(_TEENS, range(2, 21), strict=True)) | _TENS
 # "one" is left out: it is as often a pronoun ("each one") as a count.  Hyphenated words are left
@@ -100,16 +78,10 @@ _IMPLIED = (
 )
 # Unit conversions: both units named means the factor may be in the computation.
 _CONVERSIONS = (
-    (60, "hours?", "minutes?"),
-    (60, "minutes?", "seconds?"),
-    (24, "days?", "hours?"),
-    (7, "weeks?", "days?"),
-    (52, "weeks?", "years?"),
-    (12, "months?", "years?"),
-    (12, "foot|feet", "inch(?:es)?"),
-    (365, "years?", "days?"),
-    (1000, "kilo\\w+", "(?:grams?|meters?)"),
-)
+    (60, "hours?", "minutes?"), (60, "minutes?", "seconds?"), (24, "days?", "hours?"), (7, "weeks?", "days?"),
+    (52, "weeks?", "years?"), (12, "months?", "years?"), (12, "foot|feet", "inch(?:es)?"),
+    (365, "years?", "days?"), (1000, "kilo\\w+", "(?:grams?|meters?)"),
+)  # fmt: skip
 _PERCENT_AFTER = re.compile(r"\s*(?:%|percent\b)")
 _X_TOKEN = re.compile(r"(?<![A-Za-z0-9_])x(?![A-Za-z0-9_])")
 _FLOAT_OUTPUT = re.compile(r"\d\.\d")
@@ -288,7 +260,11 @@ def read_forward(seed: Problem) -> Forward:
             values[name] = _evaluate(stmt.value, values)
             order.append(name)
             assignments.append(Assignment(name, stmt.value))
-        cells.append(ForwardCell(_prose_after(steps, i), tuple(assignments)))
+        # Prose restating a wrong annotation (GSM8K has some) would contradict the printed value.
+        stated = [parse_number(e) for e in step.expected]
+        computed = [values[a.name] for a in assignments]
+        prose = _prose_after(steps, i) if stated == computed else ""
+        cells.append(ForwardCell(prose, tuple(assignments)))
     # The last variable equal to the answer: a solution may compute a check or a side value after it.
     answer_name = next((name for name in reversed(order) if values[name] == answer), None)
     if answer_name is None:
@@ -473,32 +449,17 @@ async def run_steps(
 ) -> tuple[list[Block], list[CellProvenance]]:
     """Run the code steps in ``session`` and check what they printed: exact values only, and the last
     cell's solution exactly ``[<masked number>]``."""
-    blocks: list[Block] = []
-    cells: list[CellProvenance] = []
+    writer = TraceWriter(session)
     output = ""
     for step in steps:
         if step.kind == "text":
-            blocks.append(TextBlock(text=step.content))
+            writer.text(step.content)
             continue
-        result = await session.execute(step.content)
-        output = result.prompt_text(OUTPUT_CHARS)
-        blocks += [CodeBlock(code=step.content), OutputBlock(output=output, status=result.status)]
-        cells.append(
-            CellProvenance(
-                index=len(cells),
-                status=result.status,
-                wall_time_s=result.wall_time_s,
-                output_chars=len(output),
-                truncated=result.stdout_truncated or len(output) < len(result.stdout.rstrip("\n")),
-                kernel_restarted=result.kernel_restarted,
-            )
-        )
+        result, output = await writer.run(step.content)
         if result.status != ExecutionStatus.OK:
-            raise BackwardRejected(
-                "execution error", f"cell {len(cells) - 1}: {result.status}: {output[-200:]}"
-            )
+            raise BackwardRejected("execution error", f"{writer.where}: {result.status}: {output[-200:]}")
         if _FLOAT_OUTPUT.search(output):
-            raise BackwardRejected("inexact arithmetic", f"cell {len(cells) - 1} printed {output[-200:]!r}")
+            raise BackwardRejected("inexact arithmetic", f"{writer.where} printed {output[-200:]!r}")
     m = re.fullmatch(r"\[(.*)\]", output.strip())
     found = [s.strip() for s in m.group(1).split(",")] if m and m.group(1).strip() else []
     if len(found) != 1:
@@ -509,7 +470,7 @@ async def run_steps(
         value = None
     if value != mention.value:
         raise BackwardRejected("wrong solution", f"x = {found[0]}, the masked number is {mention.text}")
-    return blocks, cells
+    return writer.blocks, writer.cells
 
 
 # -- self-verification -------------------------------------------------------------------------------

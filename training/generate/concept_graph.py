@@ -27,7 +27,6 @@ import itertools
 import json
 import random
 import re
-import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,9 +35,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from benchmarks.records import Problem
+from runtime.trace import Trace
 from training.generate.context import GenContext
-from training.generate.records import GenRecord, Rejection, SeedOutcome
-from training.generate.rephrase import clean_question, sample_failure, teacher_label, trace_key
+from training.generate.keep import Keeper, sample_failure, teacher_label
+from training.generate.records import GenRecord, SeedOutcome
+from training.generate.rephrase import clean_question, solves
 
 MODE = "concept-graph"
 DATASET = "concept-graph"
@@ -322,7 +323,7 @@ def check_question(question: str, ctx: GenContext) -> tuple[str, str] | None:
         return "too short", question
     if len(question) > high:
         return "too long", f"{len(question)} chars: {question[:200]}"
-    if "\\boxed" in question:
+    if solves(question):
         return "contains a solution", question[:300]
     if not _ASKS.search(question):
         return "not a question", question[:300]
@@ -350,28 +351,13 @@ async def _group(answers: Sequence[str | None], ctx: GenContext) -> list[list[in
 
 async def generate(walk: Problem, ctx: GenContext) -> SeedOutcome:
     """Write a question from ``walk``'s concepts and keep it with its self-consistent traces."""
-    started = time.monotonic()
     cfg = ctx.config
     topics: list[str] = list(walk.meta.get("topics", []))
     points: list[str] = list(walk.meta.get("knowledge_points", []))
-    records: list[GenRecord] = []
-    rejections: list[Rejection] = []
-
-    def reject(reason: str, detail: str = "") -> None:
-        rejections.append(Rejection(seed_id=walk.id, mode=MODE, reason=reason, detail=detail))
-
-    def outcome() -> SeedOutcome:
-        return SeedOutcome(
-            id=walk.id,
-            records=records,
-            rejections=rejections,
-            candidates=len(records) + len(rejections),
-            wall_time_s=round(time.monotonic() - started, 3),
-        )
-
+    keeper = Keeper(walk.id, MODE, cfg.keep_per_seed)
     if not topics:
-        reject("empty walk", json.dumps(walk.meta))
-        return outcome()
+        keeper.reject("empty walk", json.dumps(walk.meta))
+        return keeper.outcome()
     messages = [
         {"role": "system", "content": WRITE_SYSTEM},
         {
@@ -385,8 +371,8 @@ async def generate(walk: Problem, ctx: GenContext) -> SeedOutcome:
     question = clean_question(await ctx.complete(messages, max_tokens=max_tokens, key=(walk.id, "question")))
     why = check_question(question, ctx)
     if why is not None:
-        reject(*why)
-        return outcome()
+        keeper.reject(*why)
+        return keeper.outcome()
 
     problem = Problem(id=walk.id, question=question, answer="", dataset=DATASET, split=SPLIT, meta=walk.meta)
     samples = await ctx.sample_traces(problem)
@@ -401,37 +387,29 @@ async def generate(walk: Problem, ctx: GenContext) -> SeedOutcome:
     if not winner or m / k < min_agreement or (k >= 2 and m < 2):
         failures = [f for f in map(sample_failure, samples) if f is not None]
         detail = {"question": question, "votes": votes, "k": k, "failures": failures}
-        reject("no agreement", json.dumps(detail))
-        return outcome()
+        keeper.reject("no agreement", json.dumps(detail))
+        return keeper.outcome()
 
     majority = answers[winner[0]]
     assert majority is not None
     in_majority = set(winner)
-    seen: set[tuple[tuple[str, str], ...]] = set()
     provenance: dict[str, Any] = {
         "topics": topics, "knowledge_points": points, "agreement": m / k, "teacher": teacher_label(ctx),
         "temperature": cfg.temperature, "run_seed": cfg.seed,
     }  # fmt: skip
     for j, sample in enumerate(samples):
-        failure = sample_failure(sample)
-        if failure is not None:
-            reject(*failure)
-            continue
-        assert sample.trace is not None
-        if j not in in_majority:
-            reject("minority answer", f"{walk.id}#{j}: {sample.answer!r} vs majority {majority!r}")
-            continue
-        key = trace_key(sample.trace)
-        if key in seen:
-            reject("duplicate trace", f"{walk.id}#{j}")
-            continue
-        if len(records) >= cfg.keep_per_seed:
-            reject("keep_per_seed reached", f"{walk.id}#{j}")
-            continue
-        seen.add(key)
-        record = GenRecord(
-            id=f"{walk.id}/{j}", seed_id=walk.id, mode=MODE, question=question, answer=majority,
-            trace=sample.trace, provenance={**provenance, "sample": j},
-        )  # fmt: skip
-        records.append(record)
-    return outcome()
+        label = f"{walk.id}#{j}"
+        minority = (
+            None
+            if j in in_majority
+            else ("minority answer", f"{label}: {sample.answer!r} vs majority {majority!r}")
+        )
+
+        def record(trace: Trace, j: int = j) -> GenRecord:
+            return GenRecord(
+                id=f"{walk.id}/{j}", seed_id=walk.id, mode=MODE, question=question, answer=majority,
+                trace=trace, provenance={**provenance, "sample": j},
+            )  # fmt: skip
+
+        keeper.offer(label, sample, minority, record)
+    return keeper.outcome()

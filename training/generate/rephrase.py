@@ -8,22 +8,21 @@ seed's reference are kept (rejection sampling), at most ``config.keep_per_seed``
 duplicates (same prose and code) within a seed are dropped here; near duplicates are the pipeline's
 business.
 
-This module also owns the small helpers that any mode which receives a teacher-written question
-needs: ``clean_question`` (strip the chatter around it) and ``trace_key`` (what "exact duplicate"
-means for a trace).
+This module also owns what any mode that receives a teacher-written question needs:
+``clean_question`` (strip the chatter around it) and ``solves`` (the teacher answered instead).
 """
 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Collection
 from fractions import Fraction
 
-from benchmarks.records import Problem, SampleRecord
-from runtime.trace import CodeBlock, TextBlock, Trace
+from benchmarks.records import Problem
+from runtime.trace import Trace
 from training.generate.context import GenContext
-from training.generate.records import GenRecord, Rejection, SeedOutcome
+from training.generate.keep import Keeper, teacher_label
+from training.generate.records import GenRecord, SeedOutcome
 
 MODE = "rephrase"
 
@@ -62,6 +61,12 @@ _TAIL = re.compile(
     r"^\s*(?:\*\*)?(?:answer|solution|original(?: problem| question)?|note|explanation|step 1)\b.*",
     re.IGNORECASE | re.MULTILINE | re.DOTALL,
 )
+# A teacher that solved (or started to solve) instead of, or after, rewriting.  Not the bare word
+# "solution": mixture problems are full of salt solutions.
+_SOLVES = re.compile(
+    r"\\boxed|\bthe answer (?:to [^.\n]{0,40})?is\b|\banswer\s*[:=]|^\s*(?:to solve|let'?s solve|let us solve|step 1)\b",
+    re.IGNORECASE | re.MULTILINE,
+)
 _QUOTES = "\"'`“”‘’"
 
 
@@ -74,6 +79,11 @@ def clean_question(text: str) -> str:
         text = text[1:-1].strip()
     text = "\n".join(line.rstrip() for line in text.splitlines())
     return re.sub(r"\n{3,}", "\n\n", text)
+
+
+def solves(text: str) -> bool:
+    """Whether a teacher-written question states or works towards its answer."""
+    return _SOLVES.search(text) is not None
 
 
 def normalize(text: str) -> str:
@@ -105,8 +115,8 @@ def check_rephrase(original: str, rephrased: str, earlier: Collection[str] = ())
         return "unchanged", ""
     if norm in earlier:
         return "duplicate rephrase", ""
-    if "\\boxed" in rephrased:
-        return "contains a solution", rephrased[:200]
+    if solves(rephrased):
+        return "contains a solution", rephrased[:300]
     missing = numbers(original) - numbers(rephrased, words=True)
     if missing:
         return "number dropped", f"missing {_show(missing)}: {rephrased[:300]}"
@@ -120,47 +130,16 @@ def check_rephrase(original: str, rephrased: str, earlier: Collection[str] = ())
     return None
 
 
-def trace_key(trace: Trace) -> tuple[tuple[str, str], ...]:
-    """What two traces must share to be exact duplicates: their prose and code, in order (outputs
-    follow from the code, metadata differs on every run)."""
-    return tuple(
-        ("text", b.text) if isinstance(b, TextBlock) else ("code", b.code)
-        for b in trace.blocks
-        if isinstance(b, TextBlock | CodeBlock)
-    )
-
-
-def sample_failure(sample: SampleRecord) -> tuple[str, str] | None:
-    """Why a trajectory has no usable trace whatever its answer — ``(reason, detail)`` — or None."""
-    if sample.error is not None or sample.trace is None:
-        return "trajectory error", (sample.error or "no trace")[:300]
-    if sample.answer is None:
-        return "no answer", ""
-    return None
-
-
-def teacher_label(ctx: GenContext) -> str:
-    cfg = ctx.config
-    return f"{cfg.backend}/{cfg.model}" if cfg.model else ctx.teacher.name
-
-
 async def generate(seed: Problem, ctx: GenContext) -> SeedOutcome:
     """Rephrase ``seed`` ``config.variants`` times and keep the teacher's correct traces of each rewrite."""
-    started = time.monotonic()
     cfg = ctx.config
     teacher = teacher_label(ctx)
-    records: list[GenRecord] = []
-    rejections: list[Rejection] = []
-    seen_traces: set[tuple[tuple[str, str], ...]] = set()
+    keeper = Keeper(seed.id, MODE, cfg.keep_per_seed)
     accepted: set[str] = set()
-
-    def reject(reason: str, detail: str = "") -> None:
-        rejections.append(Rejection(seed_id=seed.id, mode=MODE, reason=reason, detail=detail))
-
     # A rewrite is a few words longer or shorter than the original; twice its length is plenty.
     max_tokens = min(cfg.max_tokens, 2 * ctx.teacher.count_tokens(seed.question) + 64)
     for n in range(cfg.variants):
-        if len(records) >= cfg.keep_per_seed:
+        if keeper.full:
             break  # later variants could only add rejections
         messages = [
             {"role": "system", "content": SYSTEM},
@@ -172,7 +151,7 @@ async def generate(seed: Problem, ctx: GenContext) -> SeedOutcome:
         rephrased = clean_question(raw)
         why = check_rephrase(seed.question, rephrased, accepted)
         if why is not None:
-            reject(*why)
+            keeper.reject(*why)
             continue
         accepted.add(normalize(rephrased))
         problem = Problem(
@@ -180,36 +159,23 @@ async def generate(seed: Problem, ctx: GenContext) -> SeedOutcome:
             dataset=seed.dataset, split=seed.split, meta={"seed_id": seed.id, "variant": n},
         )  # fmt: skip
         for j, sample in enumerate(await ctx.sample_traces(problem)):
-            failure = sample_failure(sample)
-            if failure is not None:
-                reject(*failure)
-                continue
-            assert sample.trace is not None
-            if not sample.correct:
-                reject("wrong answer", f"{problem.id}#{j}: {sample.answer!r} vs reference {seed.answer!r}")
-                continue
-            key = trace_key(sample.trace)
-            if key in seen_traces:
-                reject("duplicate trace", f"{problem.id}#{j}")
-                continue
-            if len(records) >= cfg.keep_per_seed:
-                reject("keep_per_seed reached", f"{problem.id}#{j}")
-                continue
-            seen_traces.add(key)
-            record = GenRecord(
-                id=f"{problem.id}/{j}", seed_id=seed.id, mode=MODE, question=rephrased,
-                answer=seed.answer, trace=sample.trace,
-                provenance={
-                    "original_question": seed.question, "teacher": teacher,
-                    "temperature": cfg.temperature, "variant": n, "sample": j,
-                    "dataset": seed.dataset, "split": seed.split, "run_seed": cfg.seed,
-                },
-            )  # fmt: skip
-            records.append(record)
-    return SeedOutcome(
-        id=seed.id,
-        records=records,
-        rejections=rejections,
-        candidates=len(records) + len(rejections),
-        wall_time_s=round(time.monotonic() - started, 3),
-    )
+            label = f"{problem.id}#{j}"
+            wrong = (
+                None
+                if sample.correct
+                else ("wrong answer", f"{label}: {sample.answer!r} vs reference {seed.answer!r}")
+            )
+
+            def record(trace: Trace, p: Problem = problem, n: int = n, j: int = j) -> GenRecord:
+                return GenRecord(
+                    id=f"{p.id}/{j}", seed_id=seed.id, mode=MODE, question=p.question,
+                    answer=seed.answer, trace=trace,
+                    provenance={
+                        "original_question": seed.question, "teacher": teacher,
+                        "temperature": cfg.temperature, "variant": n, "sample": j,
+                        "dataset": seed.dataset, "split": seed.split, "run_seed": cfg.seed,
+                    },
+                )  # fmt: skip
+
+            keeper.offer(label, sample, wrong, record)
+    return keeper.outcome()

@@ -9,48 +9,36 @@ its own training problems, usually merged with the data it was trained on (``--m
 
 from __future__ import annotations
 
-import time
-
 from benchmarks.records import Problem
+from runtime.trace import Trace
 from training.generate.context import GenContext
-from training.generate.dedupe import normalize, solution_text
-from training.generate.records import GenRecord, Rejection, SeedOutcome
+from training.generate.keep import Keeper
+from training.generate.records import GenRecord, SeedOutcome
 
 
 async def generate(seed: Problem, ctx: GenContext) -> SeedOutcome:
-    t0 = time.monotonic()
-    mode = ctx.config.mode
+    cfg = ctx.config
+    mode = cfg.mode
+    keeper = Keeper(seed.id, mode, cfg.keep_per_seed)
     samples = await ctx.sample_traces(seed)
-    records: list[GenRecord] = []
-    rejections: list[Rejection] = []
-    seen: set[str] = set()
     for j, sample in enumerate(samples):
-        trace = sample.trace
-        if trace is None or sample.error is not None:
-            rejections.append(Rejection(seed_id=seed.id, mode=mode, reason="error", detail=str(sample.error)))
-            continue
-        if not sample.correct:
-            detail = f"sample {j}: answer {sample.answer!r}, reference {seed.answer!r}"
-            reason = "no answer" if sample.answer is None else "wrong answer"
-            rejections.append(Rejection(seed_id=seed.id, mode=mode, reason=reason, detail=detail))
-            continue
-        key = normalize(solution_text(trace))
-        if key in seen or len(records) >= ctx.config.keep_per_seed:
-            continue
-        seen.add(key)
-        records.append(
-            GenRecord(
+        label = f"sample {j}"
+        wrong = (
+            None
+            if sample.correct
+            else ("wrong answer", f"{label}: answer {sample.answer!r}, reference {seed.answer!r}")
+        )
+
+        def record(trace: Trace, j: int = j) -> GenRecord:
+            return GenRecord(
                 id=f"{seed.id}/{mode}/{j}", seed_id=seed.id, mode=mode, question=seed.question,
                 answer=seed.answer, trace=trace,
                 provenance={
                     "dataset": seed.dataset, "split": seed.split, "sample": j,
-                    "teacher": {"backend": ctx.config.backend, "model": ctx.config.model},
-                    "sampling": trace.metadata.sampling, "preset": ctx.config.preset,
-                    "run_seed": ctx.config.seed,
+                    "teacher": {"backend": cfg.backend, "model": cfg.model},
+                    "sampling": trace.metadata.sampling, "preset": cfg.preset, "run_seed": cfg.seed,
                 },
-            )
-        )  # fmt: skip
-    return SeedOutcome(
-        id=seed.id, records=records, rejections=rejections, candidates=len(samples),
-        wall_time_s=time.monotonic() - t0,
-    )  # fmt: skip
+            )  # fmt: skip
+
+        keeper.offer(label, sample, wrong, record)
+    return keeper.outcome()
