@@ -157,12 +157,31 @@ def dispatch(
             ray.kill(actor)
 
 
+# Backends whose model lives in the actor's own process (one replica per actor).
+IN_PROCESS_MODELS = frozenset({"transformers", "vllm"})
+
+
 def start_actors(
-    ray: ModuleType, cls: type, count: int, make_args: Callable[[int], tuple[Any, ...]]
+    ray: ModuleType,
+    cls: type,
+    backend: BackendSpec | None,
+    workers: int | None,
+    chunks: int,
+    make_args: Callable[[int], tuple[Any, ...]],
 ) -> list[Any]:
-    """``count`` Ray actors of ``cls`` (one CPU each), actor ``i`` built from ``make_args(i)``."""
-    remote = ray.remote(num_cpus=1)(cls)
-    return [remote.remote(*make_args(i)) for i in range(count)]
+    """Ray actors of ``cls``, actor ``i`` built from ``make_args(i)``, at most one per chunk.
+
+    An actor that holds a model replica on a cluster with GPUs asks for a whole GPU, so Ray places
+    one replica per GPU (and starts one actor per GPU by default); otherwise each asks for one CPU
+    (one per CPU by default): a model behind a URL, or none, leaves the actors only kernels to run."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if gpus and backend is not None and backend.kind in IN_PROCESS_MODELS:
+        count, options = workers or gpus, {"num_cpus": 1, "num_gpus": 1}
+    else:
+        count, options = workers or int(resources.get("CPU", 1)), {"num_cpus": 1}
+    remote = ray.remote(**options)(cls)
+    return [remote.remote(*make_args(i)) for i in range(max(1, min(count, chunks)))]
 
 
 def run_benchmark_ray(
@@ -178,7 +197,8 @@ def run_benchmark_ray(
 ) -> RunSummary:
     """``run_benchmark`` on Ray workers.  ``address``: a cluster address, ``auto`` (the running
     cluster) or ``local`` (start one here); ignored when Ray is already initialised.  ``workers``:
-    actors to start (default: one per CPU of the cluster, at most one per chunk of problems)."""
+    actors to start (default: one per GPU of the cluster for an in-process model, else one per CPU;
+    at most one per chunk of problems)."""
     ray = import_ray()
     if not ray.is_initialized():
         ray.init(address=None if address == "local" else address, include_dashboard=False)
@@ -190,11 +210,9 @@ def run_benchmark_ray(
     todo = [p for p in problems if p.id not in done]
     size = max(1, config.concurrency)
     chunks = deque([p.model_dump(mode="json") for p in todo[i : i + size]] for i in range(0, len(todo), size))
-    count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    count = max(1, min(count, len(chunks)))
     base = sandbox or SandboxSettings()
     actors = start_actors(
-        ray, ShardWorker, count,
+        ray, ShardWorker, backend, workers, len(chunks),
         lambda i: (backend, config.model_dump(), worker_sandbox(base, i, size).model_dump(mode="json")),
     )  # fmt: skip
 

@@ -275,3 +275,31 @@ def test_bench_cli_with_the_default_model_on_two_gsm8k_problems(tmp_path: Path) 
         assert trace is not None and 0 < trace.metadata.usage.completion_tokens <= 128
         assert record.correct == (record.answer is not None and record.samples[0].correct)
     shutil.rmtree(out)
+
+
+def test_ray_gives_each_model_replica_its_own_gpu() -> None:
+    ray = pytest.importorskip("ray")
+    from benchmarks.ray_run import start_actors
+
+    class _Placed:  # defined here so that Ray ships it by value (workers cannot import tests/)
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        def gpus(self) -> tuple[int, list[str]]:
+            return self.index, sorted(str(g) for g in ray.get_gpu_ids())
+
+    # Logical GPUs: Ray schedules and assigns them as it would real ones.
+    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        local = start_actors(ray, _Placed, BackendSpec("transformers"), None, 8, lambda i: (i,))
+        placed = ray.get([a.gpus.remote() for a in local])
+        assert [i for i, _ in placed] == [0, 1]  # one per GPU by default
+        assert sorted(g for _, gpus in placed for g in gpus) == ["0", "1"]  # a whole GPU each
+        for actor in local:
+            ray.kill(actor)
+        remote = start_actors(ray, _Placed, BackendSpec("openai"), 3, 8, lambda i: (i,))
+        assert [gpus for _, gpus in ray.get([a.gpus.remote() for a in remote])] == [[], [], []]
+        few = start_actors(ray, _Placed, None, None, 1, lambda i: (i,))  # no more actors than chunks
+        assert len(few) == 1
+    finally:
+        ray.shutdown()

@@ -251,10 +251,9 @@ def run_generation_ray(
     todo = [s for s in seeds if s.id not in done]
     size = max(1, config.concurrency)
     chunks = deque([s.model_dump(mode="json") for s in todo[i : i + size]] for i in range(0, len(todo), size))
-    count = max(1, min(workers or int(ray.cluster_resources().get("CPU", 1)), len(chunks)))
     base = sandbox or SandboxSettings()
     actors = start_actors(
-        ray, GenWorker, count,
+        ray, GenWorker, backend, workers, len(chunks),
         lambda i: (backend, config.model_dump(), worker_sandbox(base, i, size).model_dump(mode="json")),
     )  # fmt: skip
     with GenProgress(config.mode, len(seeds), list(done.values()), progress) as bar:
