@@ -42,6 +42,7 @@ from httpx_sse import aconnect_sse
 
 from benchmarks.bench_io import percentile, print_table, write_results
 from runtime.backends.base import Backend, Completion, CompletionRequest
+from runtime.backends.scripted import ChatMLWords
 from runtime.events import ErrorEvent, FinalAnswer
 from runtime.loop import LoopLimits, run_trajectory
 from runtime.prompts import get_preset
@@ -52,7 +53,7 @@ API_KEY = "sk-load-test-0123456789abcdef"
 STEP_MARK = "[step]"
 
 
-class LoadScript:
+class LoadScript(ChatMLWords):
     """A stateless scripted model: step k of any problem is known from the marks already written."""
 
     name = "scripted-load"
@@ -77,18 +78,6 @@ class LoadScript:
         return Completion(
             text=f"{STEP_MARK} So the answer is \\boxed{{42}}.", finish_reason="eos", completion_tokens=8
         )
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        return (
-            "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-            + "<|im_start|>assistant\n"
-        )
-
-    async def aclose(self) -> None:
-        return None
 
 
 @dataclass

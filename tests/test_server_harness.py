@@ -25,6 +25,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from runtime.backends.base import BackendError, Completion, CompletionRequest
+from runtime.backends.scripted import ChatMLWords
 from runtime.server import ServerSettings
 from sandbox.pool import KernelPool
 from sandbox.settings import SandboxSettings
@@ -97,7 +98,7 @@ def cell(code: str, prose: str = "Let me compute.") -> Say:
     return Say(f"{prose}\n```python\n{code}\n```\n")
 
 
-class ScriptBook:
+class ScriptBook(ChatMLWords):
     """A stateless scripted model: step = cells already answered in this turn."""
 
     name = "scripted"
@@ -148,18 +149,6 @@ class ScriptBook:
             prompt_tokens=prompt_tokens,
             completion_tokens=len(text.split()),
         )
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        return (
-            "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-            + "<|im_start|>assistant\n"
-        )
-
-    async def aclose(self) -> None:
-        return None
 
 
 class _Server(uvicorn.Server):

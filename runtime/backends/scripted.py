@@ -24,7 +24,24 @@ class Step:
     delay_s: float = 0.0
 
 
-class ScriptedBackend:
+class ChatMLWords:
+    """What a test double needs besides ``complete``: ChatML prompts, whitespace-separated "tokens",
+    nothing to close."""
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        return (
+            "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+            + "<|im_start|>assistant\n"
+        )
+
+    async def aclose(self) -> None:
+        return None
+
+
+class ScriptedBackend(ChatMLWords):
     """Replays ``scripts[problem]`` step by step; a step past the end is an error."""
 
     name = "scripted"
@@ -72,15 +89,3 @@ class ScriptedBackend:
             finish_reason="eos" if step.eos else "length",
             completion_tokens=self.count_tokens(text),
         )
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        return (
-            "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-            + "<|im_start|>assistant\n"
-        )
-
-    async def aclose(self) -> None:
-        return None
