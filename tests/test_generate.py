@@ -157,6 +157,7 @@ def test_gsm8k_calc_cli_writes_the_data_set_and_resumes_to_the_same_records(
     card = json.loads((out / "card.json").read_text())
     assert card["rejections"] == {"final answer mismatch": 1} and card["mode"] == "gsm8k-calc"
     assert card["provenance"]["commit"] and card["throughput"]["seeds_per_s"] > 0
+    assert (card["throughput"]["seeds_this_run"], card["throughput"]["resumed_seeds"]) == (5, 0)
     (rejection,) = [json.loads(line) for line in (out / "rejections.jsonl").read_text().splitlines()]
     assert rejection["seed_id"] == "broken" and rejection["mode"] == "gsm8k-calc"
     sft = [SftExample.model_validate_json(line) for line in (out / "sft.jsonl").read_text().splitlines()]
@@ -170,6 +171,9 @@ def test_gsm8k_calc_cli_writes_the_data_set_and_resumes_to_the_same_records(
     proc = generate_cli("gsm8k-calc", "--data", seed_file, "--out", out, "--concurrency", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert stable(out) == first
+    # The rates count what this run did, not the seeds it resumed.
+    throughput = json.loads((out / "card.json").read_text())["throughput"]
+    assert (throughput["seeds_this_run"], throughput["resumed_seeds"]) == (3, 2)
     assert [SeedOutcome.model_validate_json(x).id for x in (out / "outcomes.jsonl").read_text().splitlines()] == [
         "gsm8k-train-0", "gsm8k-train-1", "gsm8k-train-2", "gsm8k-train-3", "broken"]  # fmt: skip
 

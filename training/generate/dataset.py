@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,12 @@ def write_dataset(
     contamination: ContaminationIndex | None = None,
     sft_preset: str = DEFAULT_PRESET,
     extra: dict[str, Any] | None = None,
+    fresh: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    """Write the data set files for ``outcomes`` (in seed order) and return the card."""
+    """Write the data set files for ``outcomes`` (in seed order) and return the card.
+
+    ``fresh``: the ids of the seeds this invocation generated (default: all); ``wall_time_s`` is
+    its time, so the card's rates count only those, not seeds resumed from an earlier run."""
     new = [r for o in outcomes for r in o.records]
     merged: list[GenRecord] = []
     for folder in merge_with:
@@ -72,11 +76,26 @@ def write_dataset(
     write_jsonl(out_dir / "traces.jsonl", kept)
     write_jsonl(out_dir / "sft.jsonl", [to_sft(r, sft_preset) for r in kept])
     write_jsonl(out_dir / "rejections.jsonl", rejections)
-    card = _card(config, outcomes, kept, new, merged, stats, wall_time_s, contamination, sft_preset)
+    card = _card(config, outcomes, kept, new, merged, stats, contamination, sft_preset)
+    card["throughput"] = _throughput(outcomes, wall_time_s, fresh)
     card.update(extra or {})
     write_atomic(out_dir / "card.json", json.dumps(card, indent=2) + "\n")
     write_atomic(out_dir / "card.md", card_markdown(card))
     return card
+
+
+def _throughput(
+    outcomes: Sequence[SeedOutcome], wall_time_s: float, fresh: Collection[str] | None
+) -> dict[str, Any]:
+    ran = outcomes if fresh is None else [o for o in outcomes if o.id in fresh]
+    examples = sum(len(o.records) for o in ran)
+    return {
+        "wall_time_s": round(wall_time_s, 3),
+        "seeds_this_run": len(ran),
+        "resumed_seeds": len(outcomes) - len(ran),
+        "seeds_per_s": round(len(ran) / wall_time_s, 3) if ran and wall_time_s > 0 else None,
+        "examples_per_s": round(examples / wall_time_s, 3) if ran and wall_time_s > 0 else None,
+    }
 
 
 def _card(
@@ -86,7 +105,6 @@ def _card(
     new: Sequence[GenRecord],
     merged: Sequence[GenRecord],
     stats: DedupeStats,
-    wall_time_s: float,
     contamination: ContaminationIndex | None,
     sft_preset: str,
 ) -> dict[str, Any]:
@@ -131,11 +149,6 @@ def _card(
             "with_code": sum(c > 0 for c in cells),
             "sft_preset": sft_preset,
         },
-        "throughput": {
-            "wall_time_s": round(wall_time_s, 3),
-            "seeds_per_s": round(seeds / wall_time_s, 3) if wall_time_s > 0 else None,
-            "examples_per_s": round(len(new) / wall_time_s, 3) if wall_time_s > 0 else None,
-        },
         "provenance": environment(),
         "samples": [r.id for r in kept[:3]],
     }
@@ -161,7 +174,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"| duplicates dropped (exact / near) | {dd['exact']} / {dd['near']} |",
         f"| test-set overlaps dropped | {dd['contaminated']} |",
         f"| mean code cells per trace | {card['traces']['code_cells_mean']} |",
-        f"| wall time | {thr['wall_time_s']} s ({thr['seeds_per_s']} seeds/s, {thr['examples_per_s']} examples/s) |",
+        f"| wall time (this run) | {thr['wall_time_s']} s for {thr['seeds_this_run']} seeds, {thr['resumed_seeds']} resumed "
+        f"({thr['seeds_per_s']} seeds/s, {thr['examples_per_s']} examples/s) |",
         "",
         "Rejections by reason: " + (", ".join(f"{k} {v}" for k, v in card["rejections"].items()) or "none"),
         "",

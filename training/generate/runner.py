@@ -151,13 +151,20 @@ async def run_generation(
     if config.mode == "concept-graph":
         seeds, extra = await _concept_walks(config, seeds, ctx, out_dir, progress)
     fn = guarded(config.mode, spec.load(), ctx)
+    fresh: set[str] = set()
+
+    async def one(seed: Problem) -> SeedOutcome:
+        outcome = await fn(seed)
+        fresh.add(outcome.id)
+        return outcome
+
     outcomes = await map_seeds(
-        outcome_folder(out_dir), config, seeds, fn, concurrency=config.concurrency, label=config.mode,
+        outcome_folder(out_dir), config, seeds, one, concurrency=config.concurrency, label=config.mode,
         progress=progress,
     )  # fmt: skip
     return await asyncio.to_thread(
         write_dataset, out_dir, config, outcomes, wall_time_s=time.monotonic() - start,
-        merge_with=merge_with, contamination=contamination, sft_preset=sft_preset, extra=extra,
+        merge_with=merge_with, contamination=contamination, sft_preset=sft_preset, extra=extra, fresh=fresh,
     )  # fmt: skip
 
 
@@ -249,6 +256,7 @@ def run_generation_ray(
     done = folder.prepare(config)
     check_problems(seeds, done, out_dir)
     todo = [s for s in seeds if s.id not in done]
+    fresh = {s.id for s in todo}
     size = max(1, config.concurrency)
     chunks = deque([s.model_dump(mode="json") for s in todo[i : i + size]] for i in range(0, len(todo), size))
     base = sandbox or SandboxSettings()
@@ -269,5 +277,5 @@ def run_generation_ray(
     folder.finalize(outcomes)
     return write_dataset(
         out_dir, config, outcomes, wall_time_s=time.monotonic() - start, merge_with=merge_with,
-        contamination=contamination, sft_preset=sft_preset,
+        contamination=contamination, sft_preset=sft_preset, fresh=fresh,
     )  # fmt: skip
