@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -388,12 +389,39 @@ async def test_request_ids_are_kept_when_sane_and_replaced_otherwise(client: htt
     assert r.headers["x-request-id"] != "bad id\twith spaces" and len(r.headers["x-request-id"]) == 32
 
 
+class RecordWaiter(logging.Handler):
+    """A log handler that hands over the first record matching ``predicate``, from any thread."""
+
+    def __init__(self, predicate: Callable[[logging.LogRecord], bool]) -> None:
+        super().__init__()
+        self.predicate = predicate
+        self.record: logging.LogRecord | None = None
+        self.found = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.record is None and self.predicate(record):
+            self.record = record
+            self.found.set()
+
+    def wait(self, timeout_s: float) -> logging.LogRecord:
+        if not self.found.wait(timeout_s) or self.record is None:
+            raise AssertionError(f"no matching log record within {timeout_s} s")
+        return self.record
+
+
 async def test_access_logs_are_structured_with_the_request_id(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="runtime.server.access"):
-        await client.get("/healthz", headers={"X-Request-ID": "log-me-7"})
-    record = next(r for r in caplog.records if getattr(r, "request_id", None) == "log-me-7")
+    # The server logs a request after sending its response, on its own thread: wait for the record.
+    seen = RecordWaiter(lambda r: getattr(r, "request_id", None) == "log-me-7")
+    access = logging.getLogger("runtime.server.access")
+    access.addHandler(seen)
+    try:
+        with caplog.at_level(logging.INFO, logger="runtime.server.access"):
+            await client.get("/healthz", headers={"X-Request-ID": "log-me-7"})
+            record = await asyncio.to_thread(seen.wait, 30)
+    finally:
+        access.removeHandler(seen)
     line = json.loads(JsonFormatter().format(record))
     assert line["route"] == "/healthz" and line["status"] == 200 and line["key"] is None
     assert line["request_id"] == "log-me-7" and line["level"] == "info" and line["duration_ms"] >= 0
