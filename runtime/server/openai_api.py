@@ -40,7 +40,7 @@ from runtime.server.schemas import (
     documented,
     trajectory_responses,
 )
-from runtime.server.solve import CLIENT_CLOSED, Job, final_or_raise, json_response, streamed, wait_or_leave
+from runtime.server.solve import CLIENT_CLOSED, Job, final_of, json_response, streamed
 from runtime.server.sse import frame
 from runtime.trace import Block, CodeBlock, OutputBlock, TextBlock, Trace
 
@@ -282,9 +282,9 @@ async def chat_completions(
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         framer = ChatFramer(job, model, created, preset.trace_format, include_usage)
         return streamed(job, framer, app.settings.keepalive_s)
-    if not await wait_or_leave(job, request):
+    final = await final_of(job, request)
+    if final is None:
         return Response(status_code=CLIENT_CLOSED)
-    final = final_or_raise(job)
     completion = ChatCompletion(
         id=job.id,
         created=created,

@@ -216,32 +216,29 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
-async def wait_or_leave(job: Job, request: Request) -> bool:
-    """Wait for the job's end; if the client leaves first, cancel it and return False."""
+async def final_of(job: Job, request: Request) -> FinalAnswer | None:
+    """The job's final answer once it ends; None when the client left first (the job is then
+    cancelled).  A failed or cancelled trajectory raises the error the client should get."""
     assert job.task is not None
     gone = asyncio.ensure_future(_client_gone(request))
     try:
         done, _ = await asyncio.wait({job.task, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
-    if job.task in done:
-        return True
-    logger.info("client left; cancelling %s", job.id)
-    await job.cancel()
-    return False
-
-
-def json_response(model: BaseModel) -> Response:
-    """The model as JSON, serialised once (returning it would make FastAPI validate it again)."""
-    return Response(model.model_dump_json(), media_type="application/json")
-
-
-def final_or_raise(job: Job) -> FinalAnswer:
+    if job.task not in done:
+        logger.info("client left; cancelling %s", job.id)
+        await job.cancel()
+        return None
     if isinstance(job.final, FinalAnswer):
         return job.final
     if isinstance(job.final, ErrorEvent):
         raise TrajectoryFailed(job.final.message, code="trajectory_failed")
     raise Unavailable("the trajectory was cancelled: the server is shutting down", code="shutting_down")
+
+
+def json_response(model: BaseModel) -> Response:
+    """The model as JSON, serialised once (returning it would make FastAPI validate it again)."""
+    return Response(model.model_dump_json(), media_type="application/json")
 
 
 def streamed(job: Job, framer: Framer[Event], keepalive_s: float) -> EventStream[Event]:
@@ -281,9 +278,9 @@ async def solve(
     )
     if body.stream:
         return streamed(job, SolveFramer(job), app.settings.keepalive_s)
-    if not await wait_or_leave(job, request):
+    final = await final_of(job, request)
+    if final is None:
         return Response(status_code=CLIENT_CLOSED)
-    final = final_or_raise(job)
     result = SolveResponse(
         id=job.id,
         model=model,
