@@ -232,5 +232,8 @@ async def test_the_default_model_rephrases_real_seeds(
             print(f"  rejected: {rejection.reason}: {rejection.detail[:200]}")
         for record in outcome.records:
             print(f"  kept {record.id}: {record.question!r} -> {record.trace.final_answer}")
-        assert outcome.candidates == len(outcome.records) + len(outcome.rejections) >= 1
-        assert all(r.trace.final_answer is not None for r in outcome.records)
+        # Each variant is a candidate at least once (a rejected rewrite, or its sample), unless one
+        # was kept and filled the seed; a kept trace answers the seed's own question.
+        assert len(outcome.records) + len(outcome.rejections) >= (1 if outcome.records else config.variants)
+        assert all(r.reason for r in outcome.rejections)
+        assert all(r.answer == "72" and r.trace.final_answer is not None for r in outcome.records)
