@@ -74,11 +74,11 @@ class Keeper:
             self._seen.add(key)
             self.records.append(record(sample.trace))
 
-    def outcome(self, candidates: int | None = None) -> SeedOutcome:
+    def outcome(self) -> SeedOutcome:
         return SeedOutcome(
             id=self.seed_id,
             records=self.records,
             rejections=self.rejections,
-            candidates=len(self.records) + len(self.rejections) if candidates is None else candidates,
+            candidates=len(self.records) + len(self.rejections),
             wall_time_s=round(time.monotonic() - self.started, 3),
         )
