@@ -160,31 +160,75 @@ class Kernel:
             raise
         client = AsyncKernelClient()
         client.load_connection_info(cast(Any, spec.connection))
-        # No heartbeat: liveness comes from the process (the heartbeat misses kernels stuck in C and
-        # reports young kernels dead), and wait_for_ready would consult it.
-        client.start_channels(hb=False)
         kernel = cls(process, client, settings, slot)
         try:
-            ready = asyncio.ensure_future(client.wait_for_ready(timeout=settings.start_timeout_s))
-            done, _ = await asyncio.wait(
-                {ready, kernel._exit}, timeout=settings.start_timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
-            if ready not in done or ready.exception() is not None:
-                ready.cancel()
-                if kernel._exit.done():
-                    note = process.death_note()
-                elif ready.done() and not ready.cancelled() and ready.exception() is not None:
-                    note = f"{type(ready.exception()).__name__}: {ready.exception()}"
-                else:
-                    note = "no answer"
-                raise KernelStartError(
-                    f"kernel in slot {slot} did not start within {settings.start_timeout_s:g} s ({note}); "
-                    "raise MATHCODER_SANDBOX_START_TIMEOUT_S or check the isolation with `mathcoder sandbox run 1`"
-                )
+            ready = getattr(process, "ready", None)
+            if ready is not None:
+                await kernel._handshake(ready)
+            else:
+                await kernel._wait_for_ready()
         except BaseException:
             await kernel.close()
             raise
         return kernel
+
+    def _start_failed(self, note: str) -> KernelStartError:
+        if self._exit.done():
+            note = self.process.death_note()
+        return KernelStartError(
+            f"kernel in slot {self.slot} did not start within {self.settings.start_timeout_s:g} s ({note}); "
+            "raise MATHCODER_SANDBOX_START_TIMEOUT_S or check the isolation with `mathcoder sandbox run 1`"
+        )
+
+    async def _wait_for_ready(self) -> None:
+        """A cold kernel: jupyter_client's ``wait_for_ready`` (it polls until the kernel answers)."""
+        # No heartbeat: liveness comes from the process (the heartbeat misses kernels stuck in C and
+        # reports young kernels dead), and wait_for_ready would consult it.
+        self.client.start_channels(hb=False)
+        timeout = self.settings.start_timeout_s
+        ready = asyncio.ensure_future(self.client.wait_for_ready(timeout=timeout))
+        done, _ = await asyncio.wait(
+            {ready, self._exit}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if ready not in done or ready.exception() is not None:
+            ready.cancel()
+            if ready.done() and not ready.cancelled() and ready.exception() is not None:
+                raise self._start_failed(f"{type(ready.exception()).__name__}: {ready.exception()}")
+            raise self._start_failed("no answer")
+
+    async def _handshake(self, ready: asyncio.Future[Any]) -> None:
+        """A forked kernel: told ready by its zygote (sockets bound), so connect and ask once, no polling.
+
+        Ready means a ``kernel_info_reply`` on the shell channel and ipykernel's ``iopub_welcome``,
+        which proves the iopub subscription is in place (else a first cell's output could be lost).
+        """
+        timeout = self.settings.start_timeout_s
+        done, _ = await asyncio.wait(
+            {ready, self._exit}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if ready not in done or ready.exception() is not None:
+            raise self._start_failed("no answer" if ready not in done else str(ready.exception()))
+        self.client.start_channels(hb=False)
+        msg_id = self.client.kernel_info()
+
+        async def reply() -> None:
+            while (await self.client.get_shell_msg())["parent_header"].get("msg_id") != msg_id:
+                pass
+
+        async def welcome() -> None:
+            while (await self.client.get_iopub_msg())["msg_type"] != "iopub_welcome":
+                pass
+
+        answered: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(reply(), welcome()))
+        try:
+            finished, _ = await asyncio.wait(
+                {answered, self._exit}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if answered not in finished:
+                raise self._start_failed("no kernel_info_reply")
+            answered.result()
+        finally:
+            answered.cancel()
 
     @property
     def alive(self) -> bool:

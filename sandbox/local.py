@@ -88,22 +88,29 @@ class LocalKernelProcess:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def log_tail(self, max_chars: int = 800) -> str:
-        try:
-            return (self.spec.conn_dir / "kernel.log").read_text(errors="replace")[-max_chars:].strip()
-        except OSError:
-            return ""
+        return log_tail(self.spec, max_chars)
 
     def death_note(self) -> str:
-        code = self.process.returncode
-        if self.group is not None and self.group.oom_killed():
-            return "the kernel was killed for exceeding its memory limit"
-        if code is not None and code < 0:
-            return f"the kernel died from signal {signal.Signals(-code).name}"
-        if code is not None and code > 128:
-            with contextlib.suppress(ValueError):
-                return f"the kernel died from signal {signal.Signals(code - 128).name}"
-        tail = self.log_tail()
-        return f"the kernel exited with status {code}" + (f": {tail}" if tail else "")
+        return death_note(self.process.returncode, self.group, self.log_tail())
+
+
+def death_note(code: int | None, group: cgroup.KernelCgroup | None, log_tail: str) -> str:
+    """Why a kernel died, from its exit code (negative: a signal), its cgroup and the tail of its log."""
+    if group is not None and group.oom_killed():
+        return "the kernel was killed for exceeding its memory limit"
+    if code is not None and code < 0:
+        return f"the kernel died from signal {signal.Signals(-code).name}"
+    if code is not None and code > 128:
+        with contextlib.suppress(ValueError):
+            return f"the kernel died from signal {signal.Signals(code - 128).name}"
+    return f"the kernel exited with status {code}" + (f": {log_tail}" if log_tail else "")
+
+
+def log_tail(spec: KernelSpec, max_chars: int = 800) -> str:
+    try:
+        return (spec.conn_dir / "kernel.log").read_text(errors="replace")[-max_chars:].strip()
+    except OSError:
+        return ""
 
 
 class LocalLauncher:
@@ -137,7 +144,8 @@ class LocalLauncher:
     def uid(self, slot: int) -> int | None:
         return self.settings.uid_base + slot if self.privileged else None
 
-    async def launch(self, spec: KernelSpec) -> LocalKernelProcess:
+    def prepare(self, spec: KernelSpec) -> tuple[int | None, cgroup.KernelCgroup | None, Path | None]:
+        """Host side of a kernel, for any way of starting it: its uid, cgroup and (isolation=none) workdir."""
         s = self.settings
         uid = self.uid(spec.slot) if s.isolation == "bwrap" else None
         if uid is not None:
@@ -151,13 +159,20 @@ class LocalLauncher:
                 pids_max=s.max_processes + 8,  # + bubblewrap's own processes
             )
         workdir = None
+        if s.isolation != "bwrap":
+            workdir = spec.conn_dir.with_name(spec.conn_dir.name + "-work")
+            workdir.mkdir(mode=0o700)
+        return uid, group, workdir
+
+    async def launch(self, spec: KernelSpec) -> LocalKernelProcess:
+        s = self.settings
+        uid, group, workdir = self.prepare(spec)
         if s.isolation == "bwrap":
             argv = self._bwrap_argv(spec, uid)
             env: dict[str, str] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
             cwd = "/"
         else:
-            workdir = spec.conn_dir.with_name(spec.conn_dir.name + "-work")
-            workdir.mkdir(mode=0o700)
+            assert workdir is not None
             argv = spec.kernel_argv(sys.executable)
             env = kernel_env(str(workdir))
             cwd = str(workdir)
@@ -177,9 +192,9 @@ class LocalLauncher:
             )
         return LocalKernelProcess(process=process, spec=spec, group=group, workdir=workdir)
 
-    def _limits(self, group: cgroup.KernelCgroup | None) -> Any:
+    def rlimits(self) -> list[tuple[int, int]]:
         s = self.settings
-        limits = [
+        return [
             (resource.RLIMIT_AS, s.address_space_mb << 20),
             (resource.RLIMIT_CPU, s.cpu_time_s),
             (resource.RLIMIT_NOFILE, s.max_open_files),
@@ -187,6 +202,24 @@ class LocalLauncher:
             (resource.RLIMIT_NPROC, s.max_processes),
             (resource.RLIMIT_CORE, 0),
         ]
+
+    def root_plan(self) -> dict[str, Any]:
+        """The kernel's filesystem for a forked start: the same binds as ``_bwrap_argv``."""
+        return {
+            "symlinks": [
+                [os.readlink(f"/{link}"), f"/{link}"]
+                for link in ("lib", "lib64", "bin", "sbin")
+                if Path(f"/{link}").is_symlink()
+            ],
+            "etc_files": [
+                p for p in ("/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives") if Path(p).exists()
+            ],
+            "python_dirs": sorted({str(Path(sys.base_prefix).resolve()), str(Path(sys.prefix))}),
+            "tmp_bytes": self.settings.workdir_mb << 20,
+        }
+
+    def _limits(self, group: cgroup.KernelCgroup | None) -> Any:
+        limits = self.rlimits()
 
         def preexec() -> None:  # in the child, between fork and exec
             if group is not None:

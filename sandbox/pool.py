@@ -270,6 +270,9 @@ class KernelPool:
         self._leased.clear()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        aclose = getattr(self.launcher, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _default_launcher(settings: SandboxSettings) -> Launcher:
@@ -279,4 +282,8 @@ def _default_launcher(settings: SandboxSettings) -> Launcher:
         return DockerLauncher(settings)
     from sandbox.local import LocalLauncher
 
+    if settings.kernel_start == "fork":
+        from sandbox.zygote import ZygoteLauncher
+
+        return ZygoteLauncher(settings)
     return LocalLauncher(settings)

@@ -25,6 +25,13 @@ class SandboxSettings(BaseSettings):
             "never for untrusted code."
         ),
     )
+    kernel_start: Literal["fork", "cold"] = Field(
+        default="fork",
+        description=(
+            "fork: each kernel is a fork of a warm, pre-imported zygote (local backend; falls back to cold "
+            "with a logged reason where it cannot). cold: a new Python process per kernel."
+        ),
+    )
     pool_size: int = Field(default=2, ge=0, le=256, description="Kernels kept started and idle.")
     max_kernels: int = Field(
         default=16, ge=1, le=1024, description="Most kernels alive at once (leased + idle + starting)."
