@@ -108,9 +108,10 @@ def bench(
     import json
 
     from benchmarks.datasets import DatasetError, load_jsonl, load_problems
-    from benchmarks.ray_run import BackendSpec, run_benchmark_ray
+    from benchmarks.ray_run import run_benchmark_ray
     from benchmarks.records import RunConfig
     from benchmarks.run import RunError, RunSummary, run_benchmark
+    from runtime.backends.factory import BackendChoiceError, BackendSpec
     from sandbox.errors import SandboxError
     from sandbox.pool import KernelPool
     from sandbox.settings import SandboxSettings
@@ -129,10 +130,15 @@ def bench(
         data_file=str(data.resolve()) if data is not None else None, question_field=question_field,
         answer_field=answer_field,
     )  # fmt: skip
-    spec = BackendSpec(
-        kind=backend, model=model, base_url=base_url,
-        script=json.loads(script.read_text(encoding="utf-8")) if script is not None else None,
-    )  # fmt: skip
+    try:
+        spec = BackendSpec(
+            kind=backend,
+            model=model,
+            base_url=base_url,
+            script=json.loads(script.read_text(encoding="utf-8")) if script is not None else None,
+        )
+    except BackendChoiceError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--backend") from exc
     try:
         if data is not None:
             problems = load_jsonl(data, question_field, answer_field, dataset=label, split=split, limit=limit)

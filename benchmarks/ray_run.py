@@ -1,7 +1,6 @@
 """Scale a benchmark run out over Ray: problems sharded across actors, one run folder, one writer.
 
-Owns: ``BackendSpec`` (a picklable recipe for a backend, so each worker builds its own),
-``ShardWorker`` (a Ray actor with its own backend and sandbox ``KernelPool``, solving chunks of
+Owns: ``ShardWorker`` (a Ray actor with its own backend and sandbox ``KernelPool``, solving chunks of
 problems with ``benchmarks.run.solve_problems`` and returning their records) and
 ``run_benchmark_ray`` (the driver: same ``RunFolder`` contract as ``run_benchmark`` — config
 checked, finished ids skipped, records appended and fsynced by the driver only, rewritten in problem
@@ -20,7 +19,6 @@ import importlib
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -31,35 +29,15 @@ from benchmarks.run import (
     RunSummary,
     benchmark_folder,
     check_problems,
-    scripted_backend,
     solve_problems,
     summarize,
 )
 from runtime.backends.base import Backend
+from runtime.backends.factory import BackendSpec
 from sandbox.pool import KernelPool
 from sandbox.settings import SandboxSettings
 
-__all__ = ["BackendSpec", "ShardWorker", "run_benchmark_ray"]
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """How to build a backend: ``kind`` as ``mathcoder solve --backend`` takes it, or ``scripted``."""
-
-    kind: str
-    model: str | None = None
-    base_url: str | None = None
-    script: dict[str, list[Any]] | None = None  # the replay script of kind "scripted"
-
-    def build(self) -> Backend:
-        if self.kind == "scripted":
-            if self.script is None:
-                raise ValueError("backend 'scripted' needs a script (--script FILE)")
-            return scripted_backend(self.script)
-        from runtime.settings import RuntimeSettings
-        from runtime.solve_cli import load_backend
-
-        return load_backend(self.kind, self.model, self.base_url, RuntimeSettings())
+__all__ = ["ShardWorker", "run_benchmark_ray"]
 
 
 def worker_sandbox(base: SandboxSettings, index: int, concurrency: int) -> SandboxSettings:

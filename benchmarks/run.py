@@ -14,7 +14,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -24,7 +23,6 @@ from benchmarks.records import Problem, ProblemRecord, RunConfig, SampleRecord
 from benchmarks.run_folder import RunError, RunFolder
 from benchmarks.settings import BenchmarkSettings
 from runtime.backends.base import Backend, SamplingParams
-from runtime.backends.scripted import ScriptedBackend, Step
 from runtime.consistency import majority_vote
 from runtime.events import ErrorEvent, FinalAnswer
 from runtime.loop import LoopLimits, SessionFactory, run_trajectory
@@ -40,7 +38,6 @@ __all__ = [
     "benchmark_folder",
     "check_problems",
     "run_benchmark",
-    "scripted_backend",
     "solve_problems",
     "summarize",
 ]
@@ -219,10 +216,3 @@ async def run_benchmark(
     records = [done[p.id] for p in problems]
     await asyncio.to_thread(folder.finalize, records)
     return summarize(records, out_dir, resumed=resumed, wall_time_s=time.monotonic() - start)
-
-
-def scripted_backend(script: dict[str, list[Any]]) -> ScriptedBackend:
-    """A replay backend from ``{problem text: [step text | {text, eos, delay_s}]}`` (tests, dry runs)."""
-    return ScriptedBackend(
-        {q: [s if isinstance(s, str) else Step(**s) for s in steps] for q, steps in script.items()}
-    )

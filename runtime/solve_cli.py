@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.syntax import Syntax
 
-from runtime.backends.base import Backend, SamplingParams
+from runtime.backends.base import SamplingParams
+from runtime.backends.factory import BackendChoiceError, check_backend, load_backend
 from runtime.consistency import majority_vote_async
 from runtime.events import CodeCell, ErrorEvent, ExecutionFinished, FinalAnswer, TextDelta
 from runtime.loop import LoopLimits, run_trajectory
@@ -18,25 +19,6 @@ from runtime.settings import RuntimeSettings
 from sandbox.errors import SandboxError
 from sandbox.pool import KernelPool
 from sandbox.settings import SandboxSettings
-
-
-def load_backend(kind: str, model: str | None, base_url: str | None, settings: RuntimeSettings) -> Backend:
-    """The backend called ``kind``; errors name the valid kinds and what each needs."""
-    if kind == "transformers":
-        from runtime.backends.transformers_backend import TransformersBackend
-
-        return TransformersBackend.load(model, settings)
-    if kind == "openai":
-        from runtime.backends.openai_backend import OpenAIBackend
-
-        if base_url is None or model is None:
-            raise typer.BadParameter("--backend openai needs --base-url and --model")
-        return OpenAIBackend(base_url=base_url, model=model)
-    if kind == "vllm":
-        from runtime.backends.vllm_backend import VLLMBackend
-
-        return VLLMBackend.load(model, settings)
-    raise typer.BadParameter(f"unknown backend {kind!r}; choose transformers, openai or vllm")
 
 
 def solve(
@@ -60,6 +42,10 @@ def solve(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole trace(s) as JSON.")] = False,
 ) -> None:
     """Solve a problem with a model that writes and runs Python; stream the solution."""
+    try:
+        check_backend(backend, model, base_url)
+    except BackendChoiceError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--backend") from exc
     chosen = get_preset(preset)
     temp = temperature if temperature is not None else (0.0 if samples == 1 else 0.7)
     limits = LoopLimits(max_rounds=max_rounds, max_tokens=max_tokens)

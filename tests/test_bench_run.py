@@ -21,9 +21,9 @@ import pytest
 import pytest_asyncio
 
 from benchmarks.datasets import load_jsonl
-from benchmarks.ray_run import BackendSpec
 from benchmarks.records import Problem, ProblemRecord, RunConfig
-from benchmarks.run import RunError, benchmark_folder, run_benchmark, scripted_backend
+from benchmarks.run import RunError, benchmark_folder, run_benchmark
+from runtime.backends.factory import BackendSpec, scripted_backend
 from sandbox.pool import KernelPool
 from sandbox.settings import SandboxSettings
 
@@ -297,7 +297,14 @@ def test_ray_gives_each_model_replica_its_own_gpu() -> None:
         assert sorted(g for _, gpus in placed for g in gpus) == ["0", "1"]  # a whole GPU each
         for actor in local:
             ray.kill(actor)
-        remote = start_actors(ray, _Placed, BackendSpec("openai"), 3, 8, lambda i: (i,))
+        remote = start_actors(
+            ray,
+            _Placed,
+            BackendSpec("openai", model="m", base_url="http://127.0.0.1:1/v1"),
+            3,
+            8,
+            lambda i: (i,),
+        )
         assert [gpus for _, gpus in ray.get([a.gpus.remote() for a in remote])] == [[], [], []]
         few = start_actors(ray, _Placed, None, None, 1, lambda i: (i,))  # no more actors than chunks
         assert len(few) == 1

@@ -112,8 +112,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     sessions_: SessionManager | None = None
     try:
         if services.backend is None:
+            from runtime.backends.factory import load_backend
             from runtime.settings import RuntimeSettings
-            from runtime.solve_cli import load_backend
 
             logger.info("loading the %s backend", settings.backend)
             services.backend = await asyncio.to_thread(

@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.backends.factory import BackendChoiceError, BackendKind, check_backend
+
 
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and addresses in 127.0.0.0/8 or ::1."""
@@ -36,7 +38,7 @@ class ServerSettings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0: any free port).")
 
     # -- which model ------------------------------------------------------------------------------
-    backend: Literal["transformers", "openai", "vllm"] = Field(
+    backend: BackendKind = Field(
         default="transformers", description="Model backend (see `mathcoder solve --backend`)."
     )
     model: str | None = Field(
@@ -117,6 +119,8 @@ class ServerSettings(BaseSettings):
                 f"no_auth is refused on host {self.host!r}: serving without API keys is allowed only on a "
                 "loopback address (MATHCODER_SERVER_HOST=127.0.0.1); set MATHCODER_SERVER_API_KEYS instead"
             )
-        if self.backend == "openai" and (self.base_url is None or self.model is None):
-            raise ValueError("backend 'openai' needs base_url and model (MATHCODER_SERVER_BASE_URL, _MODEL)")
+        try:
+            check_backend(self.backend, self.model, self.base_url)
+        except BackendChoiceError as exc:
+            raise ValueError(f"{exc} (MATHCODER_SERVER_BACKEND, _BASE_URL, _MODEL)") from exc
         return self

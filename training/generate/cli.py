@@ -74,8 +74,8 @@ def generate(
 ) -> None:  # fmt: skip
     """Generate training data: seeds in, validated code-interleaved traces out (resumable)."""
     from benchmarks.datasets import DatasetError, load_jsonl, load_problems
-    from benchmarks.ray_run import BackendSpec
     from benchmarks.run_folder import RunError
+    from runtime.backends.factory import BackendChoiceError, BackendSpec
     from sandbox.errors import SandboxError
     from sandbox.pool import KernelPool
     from sandbox.settings import SandboxSettings
@@ -120,7 +120,10 @@ def generate(
     spec = None
     if backend is not None:
         scripted = json.loads(script.read_text(encoding="utf-8")) if script is not None else None
-        spec = BackendSpec(kind=backend, model=model, base_url=base_url, script=scripted)
+        try:
+            spec = BackendSpec(kind=backend, model=model, base_url=base_url, script=scripted)
+        except BackendChoiceError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--backend") from exc
     merge = list(merge_with or [])
 
     async def single() -> dict[str, Any]:

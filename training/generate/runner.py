@@ -20,11 +20,12 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks.ray_run import BackendSpec, dispatch, import_ray, start_actors, worker_sandbox
+from benchmarks.ray_run import dispatch, import_ray, start_actors, worker_sandbox
 from benchmarks.records import Problem
 from benchmarks.run import check_problems
 from benchmarks.run_folder import RunFolder
 from runtime.backends.base import Backend
+from runtime.backends.factory import BackendSpec
 from runtime.loop import SessionFactory
 from runtime.scheduler import solve_all
 from sandbox.pool import KernelPool
