@@ -29,8 +29,8 @@ def grade(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Decide whether a prediction equals a reference (exit 0 if it does, 1 if not), or grade a file."""
-    from benchmarks.grading import GradingInputError, grade_jsonl
-    from benchmarks.grading import grade as grade_one
+    from runtime.grading import GradingInputError, grade_jsonl
+    from runtime.grading import grade as grade_one
 
     settings = BenchmarkSettings()
     if file is not None:

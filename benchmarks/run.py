@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks.grading import is_equivalent
+from runtime.grading import is_equivalent
 from benchmarks.records import Problem, ProblemRecord, RunConfig, SampleRecord
 from benchmarks.run_folder import RunError, RunFolder
 from benchmarks.settings import BenchmarkSettings

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from benchmarks.grading import is_equivalent
+from runtime.grading import is_equivalent
 
 
 @dataclass(frozen=True)

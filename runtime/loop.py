@@ -18,7 +18,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarks.answers import extract_answer
+from runtime.answers import extract_answer
 from runtime.backends.base import Backend, BackendError, CompletionRequest, SamplingParams
 from runtime.events import (
     CodeCell,

@@ -61,3 +61,38 @@ class RuntimeSettings(BaseSettings):
         description="Compile the decoding step (CUDA graphs) when the KV cache is static "
         "(MATHCODER_TORCH_COMPILE); unset: on with a static cache on CUDA. Never on CPU.",
     )
+
+
+class GradingSettings(BaseSettings):
+    """How answer grading is bounded (``runtime.grading``, ``runtime.verifier``).
+
+    The variables keep the benchmark prefix they always had (``MATHCODER_BENCH_GRADING_TIMEOUT_S``, ...);
+    ``benchmarks.settings.BenchmarkSettings`` extends this class with the data folder."""
+
+    model_config = SettingsConfigDict(env_prefix="MATHCODER_BENCH_", extra="forbid")
+
+    grading_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "Seconds one symbolic comparison (math-verify parse + verify of a prediction and a reference) "
+            "may run before its worker process is killed; a timed-out comparison counts as not equal."
+        ),
+    )
+    grading_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Most worker processes the default grading pool starts for symbolic comparisons; concurrent "
+            "callers beyond this wait for a free worker. Each worker holds sympy in memory (~100 MB)."
+        ),
+    )
+    grading_startup_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "Seconds a grading worker process may take to start (import sympy and math-verify) before "
+            "grading fails with GraderUnavailableError."
+        ),
+    )

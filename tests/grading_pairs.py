@@ -1,8 +1,8 @@
-r"""Curated prediction/reference pairs for :func:`benchmarks.grading.is_equivalent`.
+r"""Curated prediction/reference pairs for :func:`runtime.grading.is_equivalent`.
 
 Every reference is a real MATH test answer (``math/test.jsonl`` field ``answer``, checked by a test); the
 predictions are forms a model plausibly writes for it. ``equal`` is the intended verdict under the policy
-in :mod:`benchmarks.grading`'s docstring, in particular:
+in :mod:`runtime.grading`'s docstring, in particular:
 
 * percent: ``44\%`` equals both ``44`` and ``0.44`` (math-verify's rule; models drop or convert the sign);
 * degrees are a unit, not a conversion: ``45^\circ`` equals ``45`` but not ``\frac{\pi}{4}``;

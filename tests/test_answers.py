@@ -1,4 +1,4 @@
-"""Tests for benchmarks.answers: each extraction rule, its priority, and real MATH/GSM8K solutions."""
+"""Tests for runtime.answers: each extraction rule, its priority, and real MATH/GSM8K solutions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.answers import Extraction, NumericAnswer, extract_answer, find_last_boxed, parse_number
+from runtime.answers import Extraction, NumericAnswer, extract_answer, find_last_boxed, parse_number
 
 LoadRows = Callable[[str, str], list[dict[str, Any]]]
 

@@ -1,4 +1,4 @@
-"""Tests for benchmarks.grading: equivalence on real answers, the timeout, and grading a JSONL file."""
+"""Tests for runtime.grading: equivalence on real answers, the timeout, and grading a JSONL file."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from grading_pairs import PAIRS, Pair
 from pydantic import ValidationError
 
-from benchmarks.answers import parse_number
-from benchmarks.grading import (
+from runtime.answers import parse_number
+from runtime.grading import (
     Comparison,
     GraderUnavailableError,
     GradingInputError,
@@ -186,7 +186,7 @@ def test_pathological_comparison_times_out_and_the_next_call_works(
 ) -> None:
     timeout_s = 1.0
     start = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="benchmarks.grading"):
+    with caplog.at_level(logging.WARNING, logger="runtime.grading"):
         result = compare(PATHOLOGICAL, "1", timeout_s=timeout_s, pool=own_pool)
     elapsed = time.monotonic() - start
     assert result.equal is False

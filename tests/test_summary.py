@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.grading import grade_jsonl
+from runtime.grading import grade_jsonl
 from benchmarks.records import ProblemRecord, RunConfig, SampleRecord
 from benchmarks.summary import RunFolderError, answer_in_output, build_report, load_run, write_report
 from runtime.trace import CellProvenance, CodeBlock, OutputBlock, TextBlock, Trace, TraceMetadata, Usage

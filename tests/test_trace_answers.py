@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks.answers import extract_answer
-from benchmarks.grading import is_equivalent
+from runtime.answers import extract_answer
+from runtime.grading import is_equivalent
 from runtime.formats import FORMATS, get_format
 from runtime.trace import CodeBlock, OutputBlock, TextBlock, Trace
 

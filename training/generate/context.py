@@ -11,7 +11,7 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
-from benchmarks.grading import is_equivalent
+from runtime.grading import is_equivalent
 from benchmarks.records import Problem, RunConfig, SampleRecord
 from benchmarks.run import solve_problems
 from runtime.backends.base import Backend, CompletionRequest, SamplingParams

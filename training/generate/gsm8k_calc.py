@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal
 
-from benchmarks.grading import is_equivalent
+from runtime.grading import is_equivalent
 from benchmarks.records import Problem
 from runtime.loop import CellRunner
 from runtime.trace import (

@@ -3,7 +3,7 @@
 This module owns turning a model's free-form solution text into the string that is graded (saying which
 rule produced it), and :func:`parse_number`, which reads an answer string such as ``\\$1,080``,
 ``32,\\!760``, ``18 dollars``, ``45^\\circ``, ``44\\%``, ``6\\frac15`` or ``\\dfrac34`` as an exact
-number. Deciding equivalence (tolerances, math-verify, the time bound) lives in :mod:`benchmarks.grading`.
+number. Deciding equivalence (tolerances, math-verify, the time bound) lives in :mod:`runtime.grading`.
 
 Rules, in priority order (the first that yields a non-empty answer wins):
 
@@ -19,7 +19,7 @@ Rules, in priority order (the first that yields a non-empty answer wins):
 
 Why hand-written: math-verify's ``parse`` also finds answers in text, but it returns sympy objects and
 does not say which rule fired, and it has no GSM8K ``####`` rule. Extraction is a few string scans,
-cheap enough to run in-process; everything that needs sympy runs in :mod:`benchmarks.grading`'s worker.
+cheap enough to run in-process; everything that needs sympy runs in :mod:`runtime.grading`'s worker.
 :func:`parse_number` is the grader's fast path: most GSM8K-style answers are plain numbers, and reading
 them with a few regular expressions avoids a process round trip and sympy per item. It only accepts
 what it reads unambiguously (``5 million``, ``2 pi`` or ``(1,2)`` are not numbers to it) and otherwise

@@ -4,7 +4,7 @@ This module owns the equivalence decision and its time bound. A comparison takes
 
 1. ``string``: the stripped strings are identical.
 2. ``numeric``: both sides are plain numbers (hand-written fast path, in-process, no sympy):
-   :func:`benchmarks.answers.parse_number` strips thousands commas, ``$``, units, degrees and reads
+   :func:`runtime.answers.parse_number` strips thousands commas, ``$``, units, degrees and reads
    ``0.5``, ``3/4``, ``\\dfrac34``, ``6\\frac15`` as exact fractions, compared exactly unless a decimal is involved:
    a decimal against a repeating fraction (``0.333333`` vs ``\\frac13``) gets relative tolerance
    :data:`NUMERIC_REL_TOL` (1e-6, about six significant digits); two terminating values get only
@@ -24,7 +24,7 @@ Policies (math-verify's, which the fast path follows):
   (``0.785398`` is ``\\frac{\\pi}{4}``), so a rough ``6.28`` is not ``2\\pi``.
 * Equivalence is not symmetric in edge cases: ``y = 2x+3`` as reference accepts ``2x+3``.
 
-Time bound: symbolic comparisons run in :mod:`benchmarks.verifier`'s killable worker processes.
+Time bound: symbolic comparisons run in :mod:`runtime.verifier`'s killable worker processes.
 Calls block; from async code use ``await asyncio.to_thread(is_equivalent, ...)``.
 """
 
@@ -38,8 +38,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from benchmarks.answers import ExtractionRule, NumericAnswer, extract_answer, parse_number
-from benchmarks.verifier import (
+from runtime.answers import ExtractionRule, NumericAnswer, extract_answer, parse_number
+from runtime.verifier import (
     DEFAULT_TIMEOUT_S,
     Comparison,
     ComparisonMethod,

@@ -30,12 +30,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from benchmarks.settings import BenchmarkSettings
+from runtime.settings import GradingSettings
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 5.0
-"""Seconds one symbolic comparison may run (same default as ``BenchmarkSettings.grading_timeout_s``)."""
+"""Seconds one symbolic comparison may run (same default as ``GradingSettings.grading_timeout_s``)."""
 
 _KILL_GRACE_S = 0.5
 """Seconds a worker gets to exit after SIGTERM before SIGKILL."""
@@ -108,7 +108,7 @@ def _worker_main() -> None:
 
 
 _WORKER_BOOT = (
-    "import sys; sys.path.insert(0, {root!r}); from benchmarks.verifier import _worker_main; _worker_main()"
+    "import sys; sys.path.insert(0, {root!r}); from runtime.verifier import _worker_main; _worker_main()"
 )
 
 
@@ -300,11 +300,11 @@ _default_pool_lock = threading.Lock()
 
 
 def default_pool() -> VerifierPool:
-    """The process-wide pool used when no ``pool`` is passed, sized by :class:`BenchmarkSettings`."""
+    """The process-wide pool used when no ``pool`` is passed, sized by :class:`GradingSettings`."""
     global _default_pool
     with _default_pool_lock:
         if _default_pool is None or _default_pool.closed:
-            settings = BenchmarkSettings()
+            settings = GradingSettings()
             _default_pool = VerifierPool(
                 max_workers=settings.grading_workers, startup_timeout_s=settings.grading_startup_timeout_s
             )
