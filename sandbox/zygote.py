@@ -49,6 +49,10 @@ class ZygoteError(SandboxError):
     """The zygote could not start or fork a kernel (the launcher falls back to a cold start)."""
 
 
+class ZygoteDied(ZygoteError):
+    """The zygote died (its kernels with it)."""
+
+
 @dataclass
 class ForkedKernelProcess:
     """A kernel forked by a zygote, from the host's side (``KernelProcess``)."""
@@ -72,7 +76,7 @@ class ForkedKernelProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             (os.killpg if self.process_group else os.kill)(self.pid, signal.SIGKILL)
 
-    async def close(self) -> None:
+    async def close(self, *, keep_conn_dir: bool = False) -> None:
         if self._closed:
             return
         self._closed = True
@@ -82,7 +86,8 @@ class ForkedKernelProcess:
         if self.group is not None:
             await self.group.kill_all()
             self.group.remove()
-        shutil.rmtree(self.spec.conn_dir, ignore_errors=True)
+        if not keep_conn_dir:  # kept when the same spec is started again (another try, or cold)
+            shutil.rmtree(self.spec.conn_dir, ignore_errors=True)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -142,7 +147,7 @@ class Zygote:
             _resolve(self._exits.pop(rid, None), os.waitstatus_to_exitcode(event["status"]))
 
     def _died(self) -> None:
-        error = ZygoteError("the zygote died")
+        error = ZygoteDied("the zygote died")
         if not self.hello.done():
             self.hello.set_exception(error)
         for future in self._forks.values():
@@ -218,7 +223,10 @@ class ZygoteLauncher:
     async def launch(self, spec: KernelSpec) -> KernelProcess:
         if self.fallback_reason is None and not self._closed:
             try:
-                process = await self._fork(spec)
+                try:
+                    process = await self._fork_ready(spec)
+                except ZygoteDied:  # killed under us: its kernels died too; once more from a new one
+                    process = await self._fork_ready(spec)
             except (TimeoutError, ZygoteError, OSError) as exc:
                 self._failures += 1
                 reason = f"{type(exc).__name__}: {exc}"
@@ -236,6 +244,24 @@ class ZygoteLauncher:
                 return process
         self.cold_starts += 1
         return await self.cold.launch(spec)
+
+    async def _fork_ready(self, spec: KernelSpec) -> ForkedKernelProcess:
+        """A forked kernel that told its zygote it is ready (its sockets bound)."""
+        process = await self._fork(spec)
+        waiting: set[asyncio.Future[Any]] = {process.ready, process.exited}
+        done, _ = await asyncio.wait(
+            waiting,
+            timeout=self.settings.start_timeout_s,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if process.ready in done and process.ready.exception() is None:
+            return process
+        await process.close(keep_conn_dir=True)
+        if process.exited.done() and process.exited.result() == _ZYGOTE_DIED:
+            raise ZygoteDied("the zygote died while the kernel started")
+        if process.exited.done():
+            raise ZygoteError(f"a forked kernel did not start: {process.death_note()}")
+        raise ZygoteError(f"a forked kernel did not start within {self.settings.start_timeout_s:g} s")
 
     async def _fork(self, spec: KernelSpec) -> ForkedKernelProcess:
         zygote = await self._ensure_zygote()
@@ -272,15 +298,15 @@ class ZygoteLauncher:
         if self._zygote is not None and self._zygote.alive:
             return self._zygote
         if self._starting is None or self._starting.done():
-            if self._zygote is not None:
-                logger.warning("the zygote (pid %d) died; starting a new one", self._zygote.pid)
-                await self._zygote.close()
-                self._zygote = None
-            self._starting = asyncio.ensure_future(self._start_zygote())
+            dead, self._zygote = self._zygote, None
+            self._starting = asyncio.ensure_future(self._start_zygote(replacing=dead))
         self._zygote = await asyncio.shield(self._starting)
         return self._zygote
 
-    async def _start_zygote(self) -> Zygote:
+    async def _start_zygote(self, replacing: Zygote | None = None) -> Zygote:
+        if replacing is not None:
+            logger.warning("the zygote (pid %d) died; starting a new one", replacing.pid)
+            await replacing.close()
         s = self.settings
         bwrap = s.isolation == "bwrap"
         if bwrap and not self.cold.privileged:
@@ -294,6 +320,7 @@ class ZygoteLauncher:
             "kernel_args": ["--HistoryManager.enabled=False"],
             "rlimits": self.cold.rlimits(),
             "root": {**self.cold.root_plan(), "dir": str(self._root_dir())} if bwrap else None,
+            "package_root": _PACKAGE_ROOT,
         }
         ipython_dir = s.run_dir / f"zygote-{os.getpid()}-ipython"
         ipython_dir.mkdir(mode=0o700, exist_ok=True)

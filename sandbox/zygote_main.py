@@ -344,6 +344,8 @@ class Zygote:
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
+        # As a cold kernel's: its working directory first, not the zygote's, nor the zygote's PYTHONPATH.
+        sys.path[:] = [request["cwd"], *(p for p in sys.path[1:] if p != self.profile["package_root"])]
         set_cmdline(request["cmdline"])
         reseed()
         timings["drop_ms"] = _now_ms(t)
