@@ -24,7 +24,7 @@ from procs import pids_of_uids
 from test_server_harness import SOLVE_KEY, LiveServer, bearer, http
 
 from runtime.server import ServerSettings, create_app
-from runtime.server.openai_api import render_markdown
+from runtime.server.routes.openai_api import render_markdown
 from runtime.settings import RuntimeSettings
 from runtime.trace import Trace
 from sandbox.pool import KernelPool

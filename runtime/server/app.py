@@ -30,7 +30,6 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.backends.base import Backend
-from runtime.server import openai_api, sessions, solve
 from runtime.server.auth import KeyStore
 from runtime.server.auth import Scope as KeyScope
 from runtime.server.deps import Services
@@ -45,10 +44,11 @@ from runtime.server.errors import (
 from runtime.server.limits import Admission
 from runtime.server.logs import request_id_from, set_request_id
 from runtime.server.metrics import CONTENT_TYPE_LATEST, Metrics
+from runtime.server.routes import openai_api, sessions, solve
 from runtime.server.schemas import Health, Readiness
-from runtime.server.sessions import SessionManager
+from runtime.server.services.sessions import SessionManager
+from runtime.server.services.solver import Solver
 from runtime.server.settings import ServerSettings
-from runtime.server.solve import Solver
 from sandbox.pool import KernelPool
 from sandbox.settings import SandboxSettings
 

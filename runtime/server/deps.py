@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -18,12 +18,10 @@ from runtime.backends.base import Backend
 from runtime.server.auth import KeyStore, Principal, Scope
 from runtime.server.limits import Admission
 from runtime.server.metrics import Metrics
+from runtime.server.services.sessions import SessionManager
+from runtime.server.services.solver import Solver
 from runtime.server.settings import ServerSettings
 from sandbox.pool import KernelPool
-
-if TYPE_CHECKING:
-    from runtime.server.sessions import SessionManager
-    from runtime.server.solve import Solver
 
 
 @dataclass

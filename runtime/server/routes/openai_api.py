@@ -31,6 +31,7 @@ from runtime.formats import MarkdownFormat, TraceFormat
 from runtime.server.auth import Principal, Scope
 from runtime.server.deps import needs, services
 from runtime.server.errors import Unprocessable, error_body
+from runtime.server.routes.solve import final_of, json_response, streamed
 from runtime.server.schemas import (
     SEED_MAX,
     PresetName,
@@ -40,7 +41,7 @@ from runtime.server.schemas import (
     documented,
     trajectory_responses,
 )
-from runtime.server.solve import CLIENT_CLOSED, Job, final_of, json_response, streamed
+from runtime.server.services.solver import CLIENT_CLOSED, Job
 from runtime.server.sse import frame
 from runtime.trace import Block, CodeBlock, OutputBlock, TextBlock, Trace
 
