@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from runtime.grading import grade_jsonl
 from benchmarks.records import ProblemRecord, RunConfig, SampleRecord
 from benchmarks.summary import RunFolderError, answer_in_output, build_report, load_run, write_report
+from runtime.grading import grade_jsonl, is_equivalent
 from runtime.trace import CellProvenance, CodeBlock, OutputBlock, TextBlock, Trace, TraceMetadata, Usage
 
 
@@ -220,13 +220,16 @@ def test_gsm8k_full_test_set_accuracy_matches_grading(
     records, predictions = [], []
     for i, row in enumerate(rows):
         ref = str(row["answer"])
-        answer = ref if i % 5 < 3 else ref + "1"  # deterministic: 3 of every 5 right
+        # Deterministic: 3 of every 5 right, in the forms models write (the grader must see through them).
+        answer = (f"{ref}.0", f"${ref}", ref, ref + "1", ref + ".5")[i % 5]
         trace = make_trace(row["question"], answer, [(f"print({answer!r})", answer, "ok")])
+        # The flags are the grader's verdicts, as the harness sets them, not the test's own.
+        correct = is_equivalent(answer, ref)
         records.append(
             ProblemRecord(
                 id=row["id"], dataset="gsm8k", split="test", question=row["question"], reference=ref,
-                answer=answer, correct=i % 5 < 3, pass_at_k=i % 5 < 3,
-                samples=[SampleRecord(answer=answer, correct=i % 5 < 3, trace=trace)], wall_time_s=2.0,
+                answer=answer, correct=correct, pass_at_k=correct,
+                samples=[SampleRecord(answer=answer, correct=correct, trace=trace)], wall_time_s=2.0,
             )
         )  # fmt: skip
         predictions.append({"id": row["id"], "prediction": f"\\boxed{{{answer}}}", "answer": ref})
@@ -238,6 +241,6 @@ def test_gsm8k_full_test_set_accuracy_matches_grading(
     graded = grade_jsonl(preds)
     expected = sum(1 for i in range(1319) if i % 5 < 3)
     assert report.accuracy.count == graded.correct == expected
-    assert report.accuracy.rate == pytest.approx(graded.accuracy)
+    assert report.accuracy.rate == pytest.approx(graded.accuracy) == pytest.approx(expected / 1319)
     assert report.tool_use.answer_from_output.rate == 1.0
     assert report.by_level == {} and "accuracy_by_level.png" not in report.plots
