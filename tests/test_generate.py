@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -179,6 +181,45 @@ def test_gsm8k_calc_cli_writes_the_data_set_and_resumes_to_the_same_records(
 
     changed = generate_cli("gsm8k-calc", "--data", seed_file, "--out", out, "--seed", "3")
     assert changed.returncode == 2 and "different config (seed: 0 -> 3)" in changed.stderr
+
+
+def test_a_generate_run_killed_with_sigkill_resumes_to_the_same_data_set(
+    tmp_path: Path, load_rows: Callable[[str, str], list[dict[str, Any]]]
+) -> None:
+    rows = load_rows("gsm8k", "train")[:12]
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    args = ("gsm8k-calc", "--data", seeds, "--concurrency", "1")
+    whole = generate_cli(*args, "--out", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    # The real crash: SIGKILL once two seeds are on disk, while the run is still going.
+    out = tmp_path / "killed"
+    outcomes = out / "outcomes.jsonl"
+    proc = subprocess.Popen(
+        [MATHCODER, "generate", *map(str, args), "--out", str(out), "--no-progress", "--decontaminate", ""],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (outcomes.is_file() and outcomes.read_bytes().count(b"\n") >= 2):
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no seed finished in time"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finished = outcomes.read_bytes().count(b"\n")
+    assert 2 <= finished < len(rows)
+    assert not (out / "traces.jsonl").exists()  # killed before the data set was written
+
+    again = generate_cli(*args, "--out", out)
+    assert again.returncode == 0, again.stderr[-2000:]
+    throughput = json.loads((out / "card.json").read_text())["throughput"]
+    assert (throughput["resumed_seeds"], throughput["seeds_this_run"]) == (finished, len(rows) - finished)
+    assert stable(out) == stable(tmp_path / "whole")
+    assert (out / "sft.jsonl").read_text() == (tmp_path / "whole" / "sft.jsonl").read_text()
 
 
 def test_bad_invocations_fail_with_a_clear_message(tmp_path: Path, seed_file: Path) -> None:
