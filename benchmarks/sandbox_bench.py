@@ -1,10 +1,15 @@
-"""Sandbox benchmark: round-trip latency, lease and start times, stateful vs stateless, throughput.
+"""Sandbox benchmark: kernel start (cold vs forked), round-trip latency, leases, stateful vs stateless, throughput.
 
-    python -m benchmarks.sandbox_bench [--out runs/bench/sandbox.json] [--quick]
+    python -m benchmarks.sandbox_bench [--out runs/bench/sandbox.json] [--quick] [--only start]
 
 Measures, on this machine, with every isolation layer on (bubblewrap, own uid, rlimits, cgroups),
 side by side in the same run with ``isolation=none`` and with bare jupyter_client + ipykernel:
 
+0. kernel start, cold (a new process per kernel) vs forked (``sandbox.zygote``), interleaved: from
+   the lease request on an empty pool to the ``kernel_info_reply``, wall and CPU time (the host
+   process, the zygote's fork and every process and thread of the kernel, from schedstat), p50 and
+   p99, and the forked start's steps; start + ``print(1)`` + close cycles per second with two
+   workers; the warm ``print(1+1)`` round trip of each;
 1. warm round trip of ``print(1+1)`` in a leased kernel: p50 and p99;
 2. lease time from a warm pool, and cold kernel start;
 3. an 8-cell trajectory (sympy imported in cell 1, small computations after) in one stateful
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,6 +50,106 @@ TRAJECTORY = [
 
 def ms(seconds: float) -> float:
     return seconds * 1000
+
+
+def task_cpu_s(pid: int) -> float:
+    """CPU time of every thread of ``pid`` so far (schedstat: nanoseconds, unlike the 10 ms ticks of stat)."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                total += int((task / "schedstat").read_text().split()[0])
+    except OSError:
+        pass
+    return total / 1e9
+
+
+def kernel_cpu_s(kernel: Kernel) -> float:
+    """CPU of the kernel's processes (all in its cgroup: bwrap and the kernel, or init and the fork)."""
+    group = getattr(kernel.process, "group", None)
+    pids = group.pids() if group is not None else []
+    return sum(task_cpu_s(pid) for pid in pids)
+
+
+async def start_once(pool: KernelPool, zygote_pid: int | None) -> dict[str, Any]:
+    z0 = task_cpu_s(zygote_pid) if zygote_pid else 0.0
+    c0, t0 = time.process_time(), time.perf_counter()
+    async with pool.session() as s:
+        wall = time.perf_counter() - t0
+        host_cpu = time.process_time() - c0
+        cpu = host_cpu + kernel_cpu_s(s.kernel) + ((task_cpu_s(zygote_pid) - z0) if zygote_pid else 0.0)
+        ready = getattr(s.kernel.process, "ready", None)
+        steps = ready.result() if ready is not None else {}
+        r = await s.execute("print(1)")
+        assert r.stdout == "1\n", r
+    await pool.drain()
+    return {"wall_s": wall, "cpu_s": cpu, "host_cpu_s": host_cpu, "steps": steps}
+
+
+async def cycles(settings: SandboxSettings, seconds: float, workers: int = 2) -> dict[str, Any]:
+    """Start + print(1) + close, back to back from ``workers`` sessions, with the pool refilling."""
+    done = 0
+    async with KernelPool(settings.model_copy(update={"pool_size": workers})) as pool:
+        deadline = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                async with pool.session() as s:
+                    assert (await s.execute("print(1)")).stdout == "1\n"
+                done += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        await pool.drain()
+        elapsed = time.perf_counter() - t0
+    return {"cycles": done, "seconds": elapsed, "cycles_per_s": done / elapsed, "workers": workers}
+
+
+async def kernel_start(base: SandboxSettings, n: int, cycle_s: float) -> dict[str, Any]:
+    """Cold vs forked start, interleaved so that both see the same load."""
+    modes = {m: base.model_copy(update={"kernel_start": m, "pool_size": 0}) for m in ("cold", "fork")}
+    samples: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    async with KernelPool(modes["cold"]) as cold, KernelPool(modes["fork"]) as fork:
+        await start_once(fork, None)  # the zygote's own start is not a kernel start
+        zygote_pid = getattr(fork.launcher, "zygote_pid", None)
+        for _ in range(n):
+            samples["cold"].append(await start_once(cold, None))
+            samples["fork"].append(await start_once(fork, zygote_pid))
+        describe = fork.launcher.describe()
+    out: dict[str, Any] = {"n": n, "launcher": describe}
+    for mode, rows in samples.items():
+        walls, cpus = [r["wall_s"] for r in rows], [r["cpu_s"] for r in rows]
+        out[mode] = {
+            "wall_p50_ms": ms(percentile(walls, 50)),
+            "wall_p99_ms": ms(percentile(walls, 99)),
+            "cpu_p50_ms": ms(percentile(cpus, 50)),
+            "cpu_p99_ms": ms(percentile(cpus, 99)),
+            "host_cpu_p50_ms": ms(percentile([r["host_cpu_s"] for r in rows], 50)),
+        }
+    step_names = [k for k in samples["fork"][0]["steps"] if k.endswith("_ms")]
+    out["fork_steps_p50_ms"] = {
+        k: percentile([r["steps"].get(k, float("nan")) for r in samples["fork"]], 50) for k in step_names
+    }
+    for mode, cfg in modes.items():
+        out[mode]["cycles"] = await cycles(cfg, cycle_s)
+        out[mode]["round_trip"] = await round_trip(cfg, max(50, n))
+    return out
+
+
+def print_start(start: dict[str, Any]) -> None:
+    print_table(
+        f"kernel start: lease request on an empty pool -> kernel_info_reply ({start['n']} each, interleaved)",
+        ["start", "wall p50 ms", "wall p99 ms", "CPU p50 ms", "CPU p99 ms", "cycles/s (2 workers)", "print(1+1) p50 ms"],
+        [
+            (m, r["wall_p50_ms"], r["wall_p99_ms"], r["cpu_p50_ms"], r["cpu_p99_ms"],
+             r["cycles"]["cycles_per_s"], r["round_trip"]["p50_ms"])
+            for m, r in ((m, start[m]) for m in ("cold", "fork"))
+        ],
+    )  # fmt: skip
+    print_table(
+        "forked start, steps (p50 ms, in the child)", ["step", "ms"], list(start["fork_steps_p50_ms"].items())
+    )
 
 
 async def round_trip(settings: SandboxSettings, n: int) -> dict[str, Any]:
@@ -153,10 +260,25 @@ async def throughput(settings: SandboxSettings, concurrency: int, cells: int) ->
 
 
 async def main(args: argparse.Namespace) -> None:
-    base = SandboxSettings(max_kernels=4, run_dir=SandboxSettings().run_dir / "bench")
+    base = SandboxSettings(max_kernels=4, run_dir=SandboxSettings().run_dir / "bench", uid_base=64700)
+    results: dict[str, Any] = {
+        "settings": base.model_dump(mode="json"),
+        "load_average": os.getloadavg(),
+        "start": await kernel_start(base, 20 if args.quick else 100, 10.0 if args.quick else 30.0),
+    }
+    print_start(results["start"])
+    start_summary = {
+        f"{m}_start_{k}": round(results["start"][m][k], 1)
+        for m in ("cold", "fork") for k in ("wall_p50_ms", "wall_p99_ms", "cpu_p50_ms")
+    } | {
+        f"{m}_cycles_per_s": round(results["start"][m]["cycles"]["cycles_per_s"], 1) for m in ("cold", "fork")
+    }  # fmt: skip
+    results["load_average_after_start"] = os.getloadavg()
+    if args.only == "start":
+        write_results(Path(args.out), "sandbox", results, start_summary)
+        return
     configs = {"bwrap": base, "none": base.model_copy(update={"isolation": "none"})}
     n = 100 if args.quick else 500
-    results: dict[str, Any] = {}
     for name, cfg in configs.items():
         results[name] = {
             "round_trip": await round_trip(cfg, n),
@@ -200,6 +322,7 @@ async def main(args: argparse.Namespace) -> None:
         [(t["concurrency"], t["executions_per_s"], t["p50_ms"], t["p99_ms"]) for t in results["throughput"]],
     )
     summary = {
+        **start_summary,
         "rt_p50_ms": round(results["bwrap"]["round_trip"]["p50_ms"], 2),
         "rt_p99_ms": round(results["bwrap"]["round_trip"]["p99_ms"], 2),
         "bare_rt_p50_ms": round(results["bare"]["round_trip"]["p50_ms"], 2),
@@ -217,4 +340,7 @@ if __name__ == "__main__":
     )
     parser.add_argument("--out", default="runs/bench/sandbox.json", help="Where to write the JSON results.")
     parser.add_argument("--quick", action="store_true", help="Fewer samples (a smoke run).")
+    parser.add_argument(
+        "--only", choices=["start"], help="Only the kernel-start comparison (cold vs forked)."
+    )
     asyncio.run(main(parser.parse_args()))

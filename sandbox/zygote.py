@@ -36,7 +36,7 @@ from sandbox.settings import SandboxSettings
 
 logger = logging.getLogger(__name__)
 
-PRELOAD = ("numpy", "sympy")
+PRELOAD = ("numpy", "numpy.random", "sympy")
 _MAX_FAILURES = 3
 _CMDLINE_ROOM = 512
 """Padding on the zygote's command line, which each kernel overwrites with its own."""
@@ -113,6 +113,7 @@ class Zygote:
         self._forks: dict[int, asyncio.Future[int]] = {}
         self._exits: dict[int, asyncio.Future[int]] = {}
         self._ready: dict[int, asyncio.Future[dict[str, float]]] = {}
+        self._fork_costs: dict[int, dict[str, float]] = {}
         self._reader = asyncio.ensure_future(self._read())
 
     @property
@@ -133,6 +134,10 @@ class Zygote:
             if not self.hello.done():
                 self.hello.set_result(event)
         elif kind == "forked":
+            self._fork_costs[rid] = {
+                "zygote_fork_ms": event["fork_ms"],
+                "zygote_fork_cpu_ms": event["fork_cpu_ms"],
+            }
             _resolve(self._forks.pop(rid, None), event["pid"])
         elif kind == "failed":
             future = self._forks.pop(rid, None)
@@ -141,9 +146,12 @@ class Zygote:
             self._exits.pop(rid, None)
             self._ready.pop(rid, None)
         elif kind == "ready":
-            _resolve(self._ready.pop(rid, None), event.get("timings", {}))
+            _resolve(
+                self._ready.pop(rid, None), {**self._fork_costs.pop(rid, {}), **event.get("timings", {})}
+            )
         elif kind == "exit":
             self._ready.pop(rid, None)
+            self._fork_costs.pop(rid, None)
             _resolve(self._exits.pop(rid, None), os.waitstatus_to_exitcode(event["status"]))
 
     def _died(self) -> None:
