@@ -104,6 +104,18 @@ def test_loss_follows_the_golden_curve(data: Path, tiny_dir: Path, tmp_path: Pat
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["lr"] == 3e-3
 
 
+def test_a_packed_run_sees_each_example_alone(data: Path, tiny_dir: Path, tmp_path: Path) -> None:
+    """The end-to-end guard on packing: one step over all 40 examples, packed into a few rows or
+    padded one to a row, starts from the same loss -- which holds only if no example attends to
+    its neighbours in a packed row (the golden curve's tolerance cannot tell)."""
+    common = {"max_steps": 1, "batch_size": 64, "eval_fraction": 0.0}
+    packed = run_training(_settings(data, tmp_path / "packed", tiny_dir, packing=True, **common))
+    padded = run_training(_settings(data, tmp_path / "padded", tiny_dir, packing=False, **common))
+    assert packed.rows_train < padded.rows_train == 40  # really packed: several examples a row
+    assert packed.train_tokens == padded.train_tokens
+    assert packed.loss_curve[0][1] == pytest.approx(padded.loss_curve[0][1], rel=1e-4)
+
+
 def test_packing_fills_batches_that_padding_leaves_empty(data: Path, tiny_dir: Path, tmp_path: Path) -> None:
     # Examples of unequal length: the toy set plus longer traces of the same kind (two cells).
     mixed = arithmetic_examples(24) + [_two_cell_example(i) for i in range(12)]
