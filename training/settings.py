@@ -94,7 +94,9 @@ class TrainSettings(BaseSettings):
         default=True, description="Resume from the last checkpoint in the run folder, if there is one."
     )
     bf16: bool | None = Field(
-        default=None, description="bf16 mixed precision; default: on where the GPU supports it, off on CPU."
+        default=None,
+        description="bf16 mixed precision (autocast); default: on where the hardware supports it "
+        "(a bf16 GPU, or a CPU with AVX512-BF16 or AMX), off elsewhere.",
     )
     gradient_checkpointing: bool | None = Field(
         default=None,

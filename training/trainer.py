@@ -4,7 +4,7 @@
 holds out whole seed problems for the eval loss, builds packed or padded rows
 (``training.packing``), loads the base model (the runtime's default model unless another is named),
 optionally wraps it in LoRA adapters (peft), trains with transformers' ``Trainer`` (cosine schedule
-with warm-up, bf16 autocast on GPUs, gradient checkpointing, checkpoints every ``save_steps``),
+with warm-up, bf16 autocast on GPUs and bf16 CPUs, gradient checkpointing, checkpoints every ``save_steps``),
 resumes from the run folder's last checkpoint, and saves the final model as a Hugging Face folder
 (safetensors + tokenizer) that ``TransformersBackend.load`` and ``mathcoder bench --model`` read.
 
@@ -76,6 +76,10 @@ _CHECKPOINTING_PARAMS = 1_000_000_000
 
 class TrainError(RuntimeError):
     """The run cannot start or go on as configured; the message says what to change."""
+
+
+class TrainHardwareWarning(UserWarning):
+    """Training goes on, but the hardware makes a setting slower than it should be."""
 
 
 class TrainResults(BaseModel):
@@ -352,14 +356,37 @@ def _check_resume(settings: TrainSettings, checkpoints: Path) -> str | None:
     return str(last)
 
 
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): where bf16 autocast pays off.
+
+    Without those instructions PyTorch emulates bf16 matmuls and autocast is slower than fp32.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
 def _bf16(settings: TrainSettings) -> bool:
-    if settings.bf16 is not None:
-        if settings.bf16 and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
-            raise TrainError(
-                "--bf16 needs a GPU that supports bfloat16; leave it unset to choose automatically"
+    """bf16 autocast: on by default where the hardware computes it natively (a bf16 GPU, or a bf16 CPU).
+
+    Asked for on a CPU without native bf16 it runs (PyTorch emulates it) with a warning: there it is
+    slower than fp32 (``python -m training.throughput_bench`` measures both side by side).
+    """
+    if torch.cuda.is_available():
+        supported = bool(torch.cuda.is_bf16_supported())
+        if settings.bf16 and not supported:
+            raise TrainError("--bf16: this GPU does not support bfloat16; leave it unset to choose automatically")
+    else:
+        supported = cpu_supports_bf16()
+        if settings.bf16 and not supported:
+            warnings.warn(
+                "--bf16 on a CPU without AVX512-BF16 or AMX: bfloat16 is emulated and slower than fp32 here",
+                TrainHardwareWarning,
+                stacklevel=2,
             )
-        return settings.bf16
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return supported if settings.bf16 is None else settings.bf16
 
 
 def _checkpointing_args(on: bool) -> dict[str, Any]:
