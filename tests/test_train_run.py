@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -173,6 +177,60 @@ def test_resume_continues_exactly_where_the_checkpoint_left_off(
     assert second.steps == 6
     assert [s for s, _ in second.loss_curve] == [s for s, _ in whole.loss_curve] == list(range(1, 7))
     assert [x for _, x in second.loss_curve] == pytest.approx([x for _, x in whole.loss_curve], rel=1e-6)
+    a = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+
+
+# `mathcoder train` (its `main`), with a callback that SIGKILLs the process once checkpoint 3 is on
+# disk: the crash comes at a known step, and nothing in the process gets to clean up.
+_KILLED_AT_3 = """
+import os, signal, sys
+from transformers import TrainerCallback
+import training.trainer as trainer
+
+class KillAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+run = trainer.run_training
+trainer.run_training = lambda settings, callbacks=(): run(settings, callbacks=[*callbacks, KillAfterSave()])
+sys.argv = ["mathcoder train", *sys.argv[1:]]
+from training.train_cli import main
+main()
+"""
+
+
+def test_a_packed_run_killed_with_sigkill_resumes_exactly(data: Path, tiny_dir: Path, tmp_path: Path) -> None:
+    common = {"max_steps": 6, "save_steps": 3, "packing": True, "eval_fraction": 0.1}
+    whole = run_training(_settings(data, tmp_path / "whole", tiny_dir, **common))
+    args = [
+        "--data", str(data), "--out", str(tmp_path / "split"), "--model", str(tiny_dir), "--lr", "3e-3",
+        "--epochs", "2", "--batch-size", "2", "--max-len", "512", "--logging-steps", "1",
+        "--eval-fraction", "0.1", "--max-steps", "6", "--save-steps", "3", "--packing",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_AT_3, *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    checkpoints = tmp_path / "split" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-3"]
+    assert not (tmp_path / "split" / "model").exists()
+
+    resumed = subprocess.run(
+        [str(Path(sys.executable).parent / "mathcoder"), "train", *args],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    second = read_results(tmp_path / "split")
+    assert second["resumed_from"].endswith("checkpoint-3") and second["steps"] == 6
+    curve = second["loss_curve"]
+    assert [s for s, _ in curve] == [s for s, _ in whole.loss_curve] == list(range(1, 7))
+    assert [x for _, x in curve] == pytest.approx([x for _, x in whole.loss_curve], rel=1e-6)
     a = load_file(tmp_path / "whole" / "model" / "model.safetensors")
     b = load_file(tmp_path / "split" / "model" / "model.safetensors")
     assert a.keys() == b.keys()
