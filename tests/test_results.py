@@ -1,0 +1,127 @@
+"""docs/results.json: the committed file validates, and an entry is computed from real run folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from scipy.stats import binomtest
+
+from benchmarks.records import ProblemRecord, RunConfig, SampleRecord
+from runtime.trace import CellProvenance, CodeBlock, OutputBlock, TextBlock, Trace, TraceMetadata, Usage
+from training.results import (
+    RESULTS_PATH,
+    EvalResult,
+    ExperimentResults,
+    add_run,
+    load_results,
+    run_entry,
+    wilson_interval,
+)
+
+
+def test_the_committed_results_file_validates() -> None:
+    results = load_results(RESULTS_PATH)
+    assert {r.role for r in results.runs} <= {"base", "control", "code"}
+
+
+@pytest.mark.parametrize(("correct", "n"), [(0, 10), (5, 10), (70, 1319), (1319, 1319)])
+def test_wilson_interval_matches_scipy(correct: int, n: int) -> None:
+    reference = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
+    lo, hi = wilson_interval(correct, n)
+    assert lo == pytest.approx(reference.low, abs=1e-6)
+    assert hi == pytest.approx(reference.high, abs=1e-6)
+
+
+def test_an_eval_whose_numbers_disagree_is_refused() -> None:
+    with pytest.raises(ValidationError, match="correct/n"):
+        EvalResult(accuracy=0.5, correct=3, n=10, ci95=(0.1, 0.9))
+    with pytest.raises(ValidationError, match="ci95"):
+        EvalResult(accuracy=0.3, correct=3, n=10, ci95=(0.4, 0.9))
+    with pytest.raises(ValidationError, match="less than or equal to 1"):
+        EvalResult(accuracy=30.0, correct=3, n=10, ci95=(0.1, 0.9))  # a percentage, not a fraction
+
+
+def _trace(answer: str, cells: list[tuple[str, str]]) -> Trace:
+    blocks: list[TextBlock | CodeBlock | OutputBlock] = [TextBlock(text="Let me compute.")]
+    for code, status in cells:
+        blocks += [CodeBlock(code=code), OutputBlock(output=answer, status=status)]
+    return Trace(
+        problem="q",
+        blocks=blocks,
+        final_answer=answer,
+        metadata=TraceMetadata(
+            usage=Usage(prompt_tokens=10, completion_tokens=5, cells=len(cells)),
+            stop_reason="answer",
+            cells=[
+                CellProvenance(index=i, status=s, wall_time_s=0.01, output_chars=1, truncated=False)
+                for i, (_, s) in enumerate(cells)
+            ],
+        ),
+    )
+
+
+def _bench(folder: Path, right: list[bool], cells: list[tuple[str, str]]) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(
+        RunConfig(dataset="gsm8k", split="test", preset="tir-sft", max_tokens=512).model_dump_json()
+    )
+    with (folder / "records.jsonl").open("w") as out:
+        for i, ok in enumerate(right):
+            answer = "1" if ok else "2"
+            record = ProblemRecord(
+                id=f"gsm8k-test-{i}",
+                dataset="gsm8k",
+                split="test",
+                question="q",
+                reference="1",
+                answer=answer,
+                correct=ok,
+                pass_at_k=ok,
+                samples=[SampleRecord(answer=answer, correct=ok, trace=_trace(answer, cells))],
+                wall_time_s=1.0,
+            )
+            out.write(record.model_dump_json() + "\n")
+    return folder
+
+
+def test_an_entry_is_computed_from_the_run_folders(tmp_path: Path) -> None:
+    control = _bench(tmp_path / "text", [True, False, False, True, False], [])
+    code = _bench(tmp_path / "calc", [True, True, True, False, False], [("x", "ok"), ("y", "error")])
+    train = tmp_path / "train"
+    train.mkdir()
+    (train / "train_results.json").write_text(
+        json.dumps(
+            {
+                "train_tokens": 1000,
+                "tokens_per_s": 250.0,
+                "wall_time_s": 4.0,
+                "steps": 3,
+                "epochs": 1.0,
+                "bf16": False,
+                "model": "base",
+                "data": ["calc.jsonl"],
+                "settings": {"lr": 1e-4, "lora": True, "lora_rank": 16, "epochs": 1.0},
+                "environment": {"cpu": "AMD EPYC"},
+            }
+        )
+    )
+    entry = run_entry("calc", "code", evals={"gsm8k": code}, train_dir=train, control_gsm8k=control)
+    gsm8k = entry.eval["gsm8k"]
+    assert (gsm8k.correct, gsm8k.n, gsm8k.accuracy) == (3, 5, 0.6)
+    assert gsm8k.max_tokens == 512 and gsm8k.preset == "tir-sft"
+    # Problems 1 and 2: only the code run is right; problem 3: only the control.
+    assert entry.mcnemar_vs_control is not None
+    assert (entry.mcnemar_vs_control.wins, entry.mcnemar_vs_control.losses) == (2, 1)
+    assert entry.tool_use is not None
+    assert entry.tool_use.cells_per_problem == 2.0 and entry.tool_use.error_rate == 0.5
+    assert entry.train is not None and entry.train.tokens_per_s == 250.0 and entry.train.hardware == "AMD EPYC"
+    assert entry.recipe["lora_rank"] == 16 and entry.data == ["calc.jsonl"]
+
+    results_file = tmp_path / "results.json"
+    add_run(entry, results_file)
+    again = add_run(entry, results_file)  # replaces the entry of the same name
+    assert [r.name for r in again.runs] == ["calc"]
+    assert ExperimentResults.model_validate_json(results_file.read_text()) == again

@@ -1,0 +1,240 @@
+"""The fine-tuning experiment's results file (``docs/results.json``): its schema and how an entry is made.
+
+One entry per run of the experiment (issue #13): what it trained on, with which recipe, how fast,
+and how it scored on each evaluation set, with a 95% Wilson interval, McNemar's test against the
+text-only control on GSM8K, and how the model used the interpreter.  ``ExperimentResults`` is the
+schema; a test validates the committed file against it.  ``run_entry`` builds an entry from the
+folders the pipeline already writes: ``train_results.json`` of ``mathcoder train`` and the run
+folders of ``mathcoder bench`` (read through ``benchmarks.summary``), so no number is typed by hand.
+
+``python -m training.results add NAME --role code --train runs/train/calc --eval gsm8k=runs/bench/calc
+--control runs/bench/text`` adds (or replaces) one entry in ``docs/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from benchmarks.compare import compare_runs
+from benchmarks.summary import build_report
+
+RESULTS_PATH = Path(__file__).resolve().parent.parent / "docs" / "results.json"
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion (sound near 0, where GSM8K accuracies of small models sit)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+class EvalResult(BaseModel):
+    accuracy: float = Field(ge=0, le=1, description="A fraction: correct / n.")
+    correct: int = Field(ge=0)
+    n: int = Field(ge=1)
+    ci95: tuple[float, float] = Field(description="95% Wilson interval of the accuracy.")
+    max_tokens: int | None = Field(default=None, description="The completion-token cap per problem.")
+    preset: str | None = None
+    run_dir: str | None = Field(default=None, description="The bench run folder (not committed).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvalResult:
+        if self.correct > self.n or abs(self.accuracy - self.correct / self.n) > 1e-9:
+            raise ValueError(f"accuracy {self.accuracy} is not correct/n = {self.correct}/{self.n}")
+        lo, hi = self.ci95
+        if not 0 <= lo <= self.accuracy <= hi <= 1:
+            raise ValueError(f"ci95 {self.ci95} does not hold the accuracy {self.accuracy}")
+        return self
+
+
+class TrainInfo(BaseModel):
+    tokens: int = Field(ge=0, description="Real tokens trained on.")
+    tokens_per_s: float = Field(ge=0)
+    wall_s: float = Field(ge=0)
+    hardware: str
+    steps: int | None = None
+    epochs: float | None = None
+
+
+class McNemarVsControl(BaseModel):
+    p: float = Field(ge=0, le=1)
+    wins: int = Field(ge=0, description="GSM8K problems this run gets right and the control does not.")
+    losses: int = Field(ge=0, description="GSM8K problems the control gets right and this run does not.")
+
+
+class ToolUse(BaseModel):
+    cells_per_problem: float = Field(ge=0)
+    error_rate: float = Field(ge=0, le=1, description="Cells that raised, over all cells.")
+    timeout_rate: float = Field(ge=0, le=1, description="Cells that hit their time limit, over all cells.")
+    answers_from_output: float = Field(
+        ge=0, le=1, description="Answers found as a token in an execution output of their trace."
+    )
+
+
+class RunResult(BaseModel):
+    name: str
+    role: Literal["base", "control", "code"]
+    data: list[str] = Field(description="The SFT data sets (empty for the base model).")
+    recipe: dict[str, Any] = Field(
+        description="Training settings; continues_from names a run it started from."
+    )
+    train: TrainInfo | None = Field(description="None for the base model.")
+    eval: dict[str, EvalResult] = Field(description="By data set: gsm8k (the full test), asdiv, mawps.")
+    mcnemar_vs_control: McNemarVsControl | None = None
+    tool_use: ToolUse | None = None
+    stop_reasons: dict[str, int] = Field(default_factory=dict)
+    commit: str
+
+
+class ExperimentResults(BaseModel):
+    runs: list[RunResult]
+
+    @model_validator(mode="after")
+    def _unique(self) -> ExperimentResults:
+        names = [r.name for r in self.runs]
+        if len(names) != len(set(names)):
+            raise ValueError(f"run names repeat: {names}")
+        return self
+
+
+def load_results(path: Path = RESULTS_PATH) -> ExperimentResults:
+    return ExperimentResults.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def eval_entry(bench_dir: Path) -> tuple[EvalResult, ToolUse, dict[str, int]]:
+    """Accuracy (with its interval), tool use and stop reasons of one ``mathcoder bench`` run folder."""
+    report = build_report(bench_dir)
+    correct, n = report.accuracy.count, report.accuracy.total
+    use = report.tool_use
+    evaluation = EvalResult(
+        accuracy=correct / n,
+        correct=correct,
+        n=n,
+        ci95=wilson_interval(correct, n),
+        max_tokens=report.config.max_tokens,
+        preset=report.config.preset,
+        run_dir=str(bench_dir),
+    )
+    tool_use = ToolUse(
+        cells_per_problem=use.cells_per_trajectory.mean,
+        error_rate=use.status_rates.get("error", 0.0),
+        timeout_rate=use.status_rates.get("timeout", 0.0),
+        answers_from_output=use.answer_from_output.rate,
+    )
+    return evaluation, tool_use, report.stop_reasons
+
+
+def train_entry(train_dir: Path) -> tuple[TrainInfo, dict[str, Any], list[str]]:
+    """(throughput, recipe, data) from a ``mathcoder train`` run folder's ``train_results.json``."""
+    results = json.loads((train_dir / "train_results.json").read_text(encoding="utf-8"))
+    env = results.get("environment", {})
+    hardware = env.get("gpu") or env.get("cpu") or env.get("machine") or "unknown"
+    info = TrainInfo(
+        tokens=results["train_tokens"],
+        tokens_per_s=results["tokens_per_s"],
+        wall_s=results["wall_time_s"],
+        hardware=str(hardware),
+        steps=results["steps"],
+        epochs=results["epochs"],
+    )
+    keep = ("epochs", "lr", "batch_size", "grad_accum", "max_len", "packing", "lora", "lora_rank", "bf16")
+    recipe = {k: results["settings"].get(k) for k in keep}
+    recipe["bf16"] = results["bf16"]
+    recipe["model"] = results["model"]
+    return info, recipe, list(results["data"])
+
+
+def run_entry(
+    name: str,
+    role: Literal["base", "control", "code"],
+    *,
+    evals: dict[str, Path],
+    train_dir: Path | None = None,
+    control_gsm8k: Path | None = None,
+    continues_from: str | None = None,
+) -> RunResult:
+    """One results entry from the run's train folder (none for the base model) and bench folders."""
+    results: dict[str, EvalResult] = {}
+    tool_use: ToolUse | None = None
+    stops: dict[str, int] = {}
+    for dataset, folder in evals.items():
+        results[dataset], use, reasons = eval_entry(folder)
+        if dataset == "gsm8k":
+            tool_use, stops = use, reasons
+    train, recipe, data = (None, {}, []) if train_dir is None else train_entry(train_dir)
+    if continues_from is not None:
+        recipe["continues_from"] = continues_from
+    versus = None
+    if control_gsm8k is not None and "gsm8k" in evals and role != "control":
+        mc = compare_runs(control_gsm8k, evals["gsm8k"]).mcnemar
+        versus = McNemarVsControl(p=mc.p_value, wins=mc.wins, losses=mc.losses)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return RunResult(
+        name=name,
+        role=role,
+        data=data,
+        recipe=recipe,
+        train=train,
+        eval=results,
+        mcnemar_vs_control=versus,
+        tool_use=tool_use,
+        stop_reasons=stops,
+        commit=commit or "unknown",
+    )
+
+
+def add_run(entry: RunResult, path: Path = RESULTS_PATH) -> ExperimentResults:
+    """Add ``entry`` to the results file, replacing a run of the same name; write it back validated."""
+    current = load_results(path) if path.is_file() else ExperimentResults(runs=[])
+    runs = [r for r in current.runs if r.name != entry.name] + [entry]
+    updated = ExperimentResults(runs=runs)
+    path.write_text(updated.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return updated
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Add a run to docs/results.json.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add = sub.add_parser("add", help="Add (or replace) one run's entry.")
+    add.add_argument("name")
+    add.add_argument("--role", choices=["base", "control", "code"], required=True)
+    add.add_argument("--train", type=Path, default=None, help="The mathcoder train run folder.")
+    add.add_argument(
+        "--eval", action="append", default=[], metavar="DATASET=BENCH_DIR", help="A bench run folder."
+    )
+    add.add_argument("--control", type=Path, default=None, help="The control's GSM8K bench folder.")
+    add.add_argument("--continues-from", default=None, help="The run whose weights this one started from.")
+    add.add_argument("--results", type=Path, default=RESULTS_PATH)
+    args = parser.parse_args(argv)
+    evals = {}
+    for item in args.eval:
+        dataset, sep, folder = item.partition("=")
+        if not sep:
+            parser.error(f"--eval wants DATASET=BENCH_DIR, got {item!r}")
+        evals[dataset] = Path(folder)
+    entry = run_entry(
+        args.name,
+        args.role,
+        evals=evals,
+        train_dir=args.train,
+        control_gsm8k=args.control,
+        continues_from=args.continues_from,
+    )
+    add_run(entry, args.results)
+    print(entry.model_dump_json())
+
+
+if __name__ == "__main__":
+    main()
