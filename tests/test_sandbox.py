@@ -1,7 +1,8 @@
 """The hostile-code battery: each protection claim of sandbox/README.md against a real kernel.
 
 Every test asserts the specific outcome and that the pool is healthy afterwards (a fresh session
-runs a cell normally).  Kernels run under the local backend with bubblewrap, as in production.
+runs a cell normally).  Kernels run under the local backend with bubblewrap, as in production:
+forked from the zygote by default, started cold with ``MATHCODER_SANDBOX_KERNEL_START=cold``.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ async def test_cells_share_state_within_a_session(pool: KernelPool) -> None:
         r = await s.execute("x + 1")
     assert r.outputs[0].text == "121"
     assert r.prompt_text() == "121"
+    await assert_healthy(pool)
 
 
 async def test_python_infinite_loop_is_interrupted_and_state_survives(pool: KernelPool) -> None:
@@ -116,8 +118,28 @@ async def test_fork_bomb_is_contained(pool: KernelPool) -> None:
             )
             <= SETTINGS.max_processes + 8
         )
-        r = await s.execute("import os\nwhile True:\n    os.fork()", timeout_s=3)
-        assert r.status != ExecutionStatus.OK
+        uid = SETTINGS.uid_base + s.kernel.slot
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, len(pids_of_uids(range(uid, uid + 1))))
+                await asyncio.sleep(0.02)
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            # os.fork copies the kernel mid-cell; the copies fork on until the limits stop them, and
+            # the kernel, stuck, is killed at the wall-clock limit with everything it started.
+            freed = await s.execute("for p in procs:\n    p.kill()\n    p.wait()\nlen(procs)")
+            assert freed.status == ExecutionStatus.OK and int(freed.outputs[0].text or 0) > 8
+            r = await s.execute("import os\nwhile True:\n    os.fork()", timeout_s=3)
+        finally:
+            watcher.cancel()
+        assert r.status == ExecutionStatus.KILLED and r.kernel_restarted, r
+        assert "ignored the interrupt" in (r.message or "")
+        assert 1 < peak <= SETTINGS.max_processes + 8
+        assert (await s.execute("1 + 1")).outputs[0].text == "2" and s.restarts == 1
     await asyncio.sleep(0)  # let the retired kernel's close task start
     await assert_healthy(pool)
 
@@ -156,6 +178,7 @@ async def test_no_network_not_even_the_hosts_loopback(pool: KernelPool) -> None:
     assert local.error is not None and local.error.ename == "ConnectionRefusedError"
     assert remote.error is not None and "unreachable" in remote.error.evalue
     assert dns.error is not None and dns.error.ename == "gaierror"
+    await assert_healthy(pool)
 
 
 async def test_host_secrets_are_out_of_reach(pool: KernelPool) -> None:
@@ -175,6 +198,7 @@ async def test_host_secrets_are_out_of_reach(pool: KernelPool) -> None:
     assert ours.error is not None and ours.error.ename in ("FileNotFoundError", "PermissionError")
     assert procs.outputs[0].text is not None and len(eval(procs.outputs[0].text)) < 8  # its own pid namespace
     assert source.outputs[0].text == "False"  # the project's sources are not mounted
+    await assert_healthy(pool)
 
 
 async def test_writes_stay_in_the_private_workdir(pool: KernelPool) -> None:
@@ -190,6 +214,7 @@ async def test_writes_stay_in_the_private_workdir(pool: KernelPool) -> None:
         assert r.error is not None and r.error.ename in ("OSError", "PermissionError"), r
     assert big.error is not None and "File too large" in big.error.evalue
     assert fill.error is not None and "No space left on device" in fill.error.evalue
+    await assert_healthy(pool)
 
 
 async def test_background_processes_die_with_the_session(pool: KernelPool) -> None:
@@ -262,6 +287,7 @@ async def test_no_state_leaks_between_sessions(pool: KernelPool) -> None:
         assert r.error is not None and r.error.ename == "NameError"
         r = await c.execute("import math, os\n(math.pi, os.path.exists('/tmp/leak'))")
         assert r.outputs[0].text == "(3.141592653589793, False)"
+    await assert_healthy(pool)
 
 
 async def test_rich_results_keep_images_by_reference(pool: KernelPool) -> None:
@@ -275,3 +301,4 @@ async def test_rich_results_keep_images_by_reference(pool: KernelPool) -> None:
     assert (image.mime, image.size_bytes, image.data_b64) == ("image/png", 70, png)
     assert r.outputs[-1].is_result and r.outputs[-1].text == "'done'"
     assert png not in r.prompt_text() and "<image image/png, 70 bytes>" in r.prompt_text()
+    await assert_healthy(pool)
