@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.trace import Trace
+from runtime.trace import TextBlock, Trace
 
 MATHCODER = str(Path(sys.executable).parent / "mathcoder")
 
@@ -44,11 +44,19 @@ def test_solve_with_the_default_model_returns_a_complete_trace(preset: str) -> N
 
 
 def test_solve_streams_prose_and_the_answer_to_the_terminal() -> None:
-    proc = subprocess.run(
-        [MATHCODER, "solve", "What is 6 times 7?", "--max-tokens", "96"],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    """The terminal shows the trace's own prose and final answer (greedy, so the --json run of the
+    same question writes the same trace); "answer:" alone is printed even when there is none."""
+    question = ["What is 6 times 7?", "--max-tokens", "96"]
+    as_json = subprocess.run(
+        [MATHCODER, "solve", *question, "--json"], capture_output=True, text=True, timeout=600
     )
+    assert as_json.returncode == 0, as_json.stderr[-2000:]
+    trace = Trace.model_validate_json(as_json.stdout)
+    proc = subprocess.run([MATHCODER, "solve", *question], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "answer:" in proc.stdout
+    lines = proc.stdout.splitlines()
+    assert f"answer: {trace.final_answer}  ({trace.metadata.stop_reason})" in lines
+    shown = " ".join(proc.stdout.split())
+    for block in trace.blocks:
+        if isinstance(block, TextBlock) and block.text.strip():
+            assert " ".join(block.text.split()) in shown  # the prose, streamed as the model wrote it
