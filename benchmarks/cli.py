@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.settings import BenchmarkSettings
+from runtime.loop import DEFAULT_MAX_TOKENS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +89,7 @@ def bench(
     max_rounds: Annotated[int, typer.Option(min=0, help="Most code cells per trajectory.")] = 8,
     max_tokens: Annotated[
         int, typer.Option(min=1, help="Most tokens the model writes per trajectory.")
-    ] = 1024,
+    ] = DEFAULT_MAX_TOKENS,
     data: Annotated[
         Path | None, typer.Option(help="Any JSONL file of problems instead of --dataset.")
     ] = None,

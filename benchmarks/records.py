@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runtime.loop import DEFAULT_MAX_TOKENS
 from runtime.trace import Trace
 
 
@@ -69,7 +70,7 @@ class RunConfig(BaseModel):
     limit: int | None = None
     concurrency: int = 8
     max_rounds: int = 8
-    max_tokens: int = 1024
+    max_tokens: int = DEFAULT_MAX_TOKENS
     data_file: str | None = None
     question_field: str = "question"
     answer_field: str = "answer"

@@ -65,13 +65,20 @@ class StopReason(StrEnum):
     REPEATED_ERROR = "repeated_error"  # the same error twice in a row: the model is stuck
 
 
+DEFAULT_MAX_TOKENS = 1024
+"""The one default token budget of a trajectory: the loop, `solve`, `bench`, `generate` and the server's
+requests without one all use it."""
+
+
 class LoopLimits(BaseModel):
     """Budgets of one trajectory, each with its unit in its name."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_rounds: int = Field(default=8, ge=0, description="Most code cells executed.")
-    max_tokens: int = Field(default=2048, ge=1, description="Most tokens the model writes in all.")
+    max_tokens: int = Field(
+        default=DEFAULT_MAX_TOKENS, ge=1, description="Most tokens the model writes in all."
+    )
     step_tokens: int = Field(default=512, ge=1, description="Most tokens per generation step.")
     wall_time_s: float = Field(default=300.0, gt=0, description="Whole-trajectory time budget.")
     cell_timeout_s: float | None = Field(

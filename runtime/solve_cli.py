@@ -13,7 +13,7 @@ from runtime.backends.base import SamplingParams
 from runtime.backends.factory import BackendChoiceError, check_backend, load_backend
 from runtime.consistency import majority_vote_async
 from runtime.events import CodeCell, ErrorEvent, ExecutionFinished, FinalAnswer, TextDelta
-from runtime.loop import LoopLimits, run_trajectory
+from runtime.loop import DEFAULT_MAX_TOKENS, LoopLimits, run_trajectory
 from runtime.prompts import PRESETS, get_preset
 from runtime.settings import RuntimeSettings
 from sandbox.errors import SandboxError
@@ -38,7 +38,9 @@ def solve(
         float | None, typer.Option(help="Default 0 for one sample, 0.7 for several.")
     ] = None,
     max_rounds: Annotated[int, typer.Option(min=0, help="Most code cells executed.")] = 8,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens the model writes.")] = 1024,
+    max_tokens: Annotated[
+        int, typer.Option(min=1, help="Most tokens the model writes.")
+    ] = DEFAULT_MAX_TOKENS,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole trace(s) as JSON.")] = False,
 ) -> None:
     """Solve a problem with a model that writes and runs Python; stream the solution."""

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.backends.factory import BackendChoiceError, BackendKind, check_backend
+from runtime.loop import DEFAULT_MAX_TOKENS
 
 
 def is_loopback(host: str) -> bool:
@@ -92,7 +93,9 @@ class ServerSettings(BaseSettings):
     )
     max_wall_time_s: float = Field(default=300.0, gt=0, description="Longest trajectory a request may ask.")
     default_rounds: int = Field(default=8, ge=0, description="max_rounds when a request sets none.")
-    default_tokens: int = Field(default=1024, ge=1, description="max_tokens when a request sets none.")
+    default_tokens: int = Field(
+        default=DEFAULT_MAX_TOKENS, ge=1, description="max_tokens when a request sets none."
+    )
     default_wall_time_s: float = Field(
         default=120.0, gt=0, description="wall_time_s when a request sets none."
     )

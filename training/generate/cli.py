@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markdown import Markdown
 
+from runtime.loop import DEFAULT_MAX_TOKENS
 from training.generate.modes import MODES
 
 _MODES_HELP = "; ".join(f"{m.name}: {m.help}" for m in MODES.values())
@@ -60,7 +61,7 @@ def generate(
     base_url: Annotated[str | None, typer.Option(help="Teacher server URL (backend openai).")] = None,
     preset: Annotated[str, typer.Option(help="Prompt preset the teacher solves with.")] = "tir",
     max_rounds: Annotated[int, typer.Option(min=1, help="Code cells per trajectory at most.")] = 8,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per trajectory at most.")] = 1024,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per trajectory at most.")] = DEFAULT_MAX_TOKENS,
     concurrency: Annotated[int, typer.Option(min=1, help="Seeds (and teacher calls) in flight.")] = 8,
     self_verification: Annotated[bool, typer.Option(help="backward: also self-verification questions (needs --backend).")] = False,
     min_agreement: Annotated[float, typer.Option(min=0.0, max=1.0, help="concept-graph: share of samples that must agree.")] = 0.5,

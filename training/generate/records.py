@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runtime.loop import DEFAULT_MAX_TOKENS
 from runtime.trace import Trace
 
 Mode = Literal["gsm8k-calc", "gsm8k-text", "backward", "teacher", "self-train", "rephrase", "concept-graph"]
@@ -38,7 +39,7 @@ class GenerateConfig(BaseModel):
     base_url: str | None = None
     preset: str = "tir"
     max_rounds: int = Field(default=8, ge=1)
-    max_tokens: int = Field(default=1024, ge=1)
+    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1)
     concurrency: int = Field(default=8, ge=1)
     variants: int = Field(
         default=1, ge=1, description="New questions per seed (backward, rephrase, concept-graph)."
