@@ -60,3 +60,20 @@ async def teacher() -> AsyncIterator[Backend]:
     backend = TransformersBackend.load(None, RuntimeSettings(), device="cpu")
     yield backend
     await backend.aclose()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` skip, saying so, where no CUDA device answers (torch is imported only
+    when such a test was collected)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    try:
+        import torch
+
+        available = torch.cuda.is_available()
+    except ImportError:
+        available = False
+    if not available:
+        for item in gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device (marker gpu)"))

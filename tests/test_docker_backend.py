@@ -504,11 +504,13 @@ async def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
         await kernel.close()
 
 
+@pytest.mark.docker
 async def test_engine_kernel_runs_a_cell(kernel: Kernel) -> None:
     r = await kernel.execute("print(1+1)")
     assert (r.status, r.stdout) == (ExecutionStatus.OK, "2\n")
 
 
+@pytest.mark.docker
 async def test_engine_kernel_has_no_network(kernel: Kernel) -> None:
     r = await kernel.execute(
         "import socket\n"
@@ -522,6 +524,7 @@ async def test_engine_kernel_has_no_network(kernel: Kernel) -> None:
     assert r.stdout.startswith("blocked"), r.stdout
 
 
+@pytest.mark.docker
 async def test_engine_kernel_is_unprivileged_and_its_root_read_only(kernel: Kernel) -> None:
     r = await kernel.execute(
         "import os\n"
@@ -537,6 +540,7 @@ async def test_engine_kernel_is_unprivileged_and_its_root_read_only(kernel: Kern
     assert second in ("PermissionError", "OSError")
 
 
+@pytest.mark.docker
 async def test_engine_kernel_sees_its_cgroup_limits(kernel: Kernel) -> None:
     # cgroup v2 (memory.max, pids.max) or v1 (memory/memory.limit_in_bytes, pids/pids.max).
     r = await kernel.execute(
@@ -551,6 +555,7 @@ async def test_engine_kernel_sees_its_cgroup_limits(kernel: Kernel) -> None:
     assert r.stdout.split() == [str(settings.memory_mb << 20), str(settings.max_processes)]
 
 
+@pytest.mark.docker
 async def test_engine_memory_bomb_ends_the_cell_not_the_host(kernel: Kernel) -> None:
     # RLIMIT_AS (address_space_mb, 4 GB) is far above memory_mb (256 MB): the cgroup must stop it.
     r = await kernel.execute(
@@ -563,6 +568,7 @@ async def test_engine_memory_bomb_ends_the_cell_not_the_host(kernel: Kernel) -> 
         assert r.error is not None and r.error.ename == "MemoryError", r
 
 
+@pytest.mark.docker
 async def test_engine_fork_bomb_hits_the_process_limit(kernel: Kernel) -> None:
     r = await kernel.execute(
         "import os, time\n"
@@ -591,6 +597,7 @@ async def test_engine_fork_bomb_hits_the_process_limit(kernel: Kernel) -> None:
     assert after.stdout == "alive\n"
 
 
+@pytest.mark.docker
 async def test_engine_kernel_deaf_to_the_interrupt_is_killed_and_removed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
