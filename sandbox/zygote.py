@@ -330,7 +330,7 @@ class ZygoteLauncher:
             "root": {**self.cold.root_plan(), "dir": str(self._root_dir())} if bwrap else None,
             "package_root": _PACKAGE_ROOT,
         }
-        ipython_dir = s.run_dir / f"zygote-{os.getpid()}-ipython"
+        ipython_dir = self._home() / "ipython"
         ipython_dir.mkdir(mode=0o700, exist_ok=True)
         env = {
             **kernel_env(str(ipython_dir)),
@@ -338,7 +338,7 @@ class ZygoteLauncher:
             "PYTHONPATH": _PACKAGE_ROOT,
             "PYDEVD_DISABLE_FILE_VALIDATION": "1",  # debugpy, imported by ipykernel, warns otherwise
         }
-        log = s.run_dir / f"zygote-{os.getpid()}.log"
+        log = self._home() / "zygote.log"
         with log.open("ab") as log_file:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "sandbox.zygote_main", str(os.getpid()), " " * _CMDLINE_ROOM,
@@ -360,9 +360,15 @@ class ZygoteLauncher:
         )
         return zygote
 
+    def _home(self) -> Path:
+        """The zygote's files (its log, IPython directory, the kernels' root mount point), removed on close."""
+        home = self.settings.run_dir / f"zygote-{os.getpid()}"
+        home.mkdir(mode=0o711, exist_ok=True)
+        return home
+
     def _root_dir(self) -> Path:
         """An empty directory that each kernel's private root is mounted on (in its own mount namespace)."""
-        root = self.settings.run_dir / ".zygote-root"
+        root = self._home() / "root"
         root.mkdir(mode=0o755, exist_ok=True)
         return root
 
@@ -376,3 +382,4 @@ class ZygoteLauncher:
         if self._zygote is not None:
             await self._zygote.close()
             self._zygote = None
+        shutil.rmtree(self.settings.run_dir / f"zygote-{os.getpid()}", ignore_errors=True)

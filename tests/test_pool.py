@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from typing import Any
@@ -152,7 +151,7 @@ async def test_a_dead_idle_kernel_is_never_leased() -> None:
     cfg = settings(63060, pool_size=1, max_kernels=2)
     async with KernelPool(cfg) as pool:
         idle = pool._idle[0]
-        os.killpg(idle.process.process.pid, 9)  # type: ignore[attr-defined]
+        idle.process.kill()  # SIGKILL from outside, to the kernel and all it started
         await idle.process.wait()
         async with pool.session() as s:
             assert s.kernel is not idle
