@@ -133,8 +133,30 @@ async def kernel_start(base: SandboxSettings, n: int, cycle_s: float) -> dict[st
     }
     for mode, cfg in modes.items():
         out[mode]["cycles"] = await cycles(cfg, cycle_s)
-        out[mode]["round_trip"] = await round_trip(cfg, max(50, n))
+    for mode, trips in (await interleaved_round_trips(modes, max(100, n))).items():
+        out[mode]["round_trip"] = trips
     return out
+
+
+async def interleaved_round_trips(modes: dict[str, SandboxSettings], n: int) -> dict[str, dict[str, Any]]:
+    """The warm ``print(1+1)`` round trip in a cold and a forked kernel, alternating (same load)."""
+    samples: dict[str, list[float]] = {m: [] for m in modes}
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = {}
+        for mode, cfg in modes.items():
+            pool = await stack.enter_async_context(KernelPool(cfg.model_copy(update={"pool_size": 1})))
+            sessions[mode] = await stack.enter_async_context(pool.session())
+        for i in range(n + 20):
+            for mode, s in sessions.items():
+                t0 = time.perf_counter()
+                r = await s.execute("print(1+1)")
+                if i >= 20:
+                    samples[mode].append(time.perf_counter() - t0)
+                assert r.stdout == "2\n", r
+    return {
+        m: {"p50_ms": ms(percentile(v, 50)), "p99_ms": ms(percentile(v, 99)), "n": n}
+        for m, v in samples.items()
+    }
 
 
 def print_start(start: dict[str, Any]) -> None:

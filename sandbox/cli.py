@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Coroutine
 from typing import Annotated, Any
@@ -17,7 +18,11 @@ app = typer.Typer(help="Run code in the sandbox.", no_args_is_help=True)
 
 
 def _settings(timeout: float | None) -> SandboxSettings:
+    # One kernel per command: a zygote (about a second of imports) would cost more than it saves,
+    # so these start cold unless MATHCODER_SANDBOX_KERNEL_START says otherwise.
     settings = SandboxSettings(pool_size=0, max_kernels=2)
+    if "MATHCODER_SANDBOX_KERNEL_START" not in os.environ:
+        settings = settings.model_copy(update={"kernel_start": "cold"})
     return settings if timeout is None else settings.model_copy(update={"cell_timeout_s": timeout})
 
 
