@@ -1,16 +1,19 @@
-"""Subcommands of the benchmark subsystem: ``mathcoder grade`` and ``mathcoder bench``."""
+"""The benchmark package's commands: ``mathcoder grade`` and ``mathcoder bench`` here; ``bench report``,
+``bench compare`` and ``export`` from ``benchmarks.harness_cli``.  Exposed as ``app`` (a ``typer.Typer``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.harness_cli import register as register_reports
+from benchmarks.records import RunConfig
 from benchmarks.settings import BenchmarkSettings
-from runtime.loop import DEFAULT_MAX_TOKENS
+from runtime.cli_options import options_from, validated
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,37 +67,26 @@ def grade(
     raise typer.Exit(0 if result.correct else 1)
 
 
+@options_from(
+    RunConfig,
+    fields=[
+        "split", "model", "backend", "preset", "limit", "samples", "seed", "concurrency", "max_rounds",
+        "max_tokens", "question_field", "answer_field",
+    ],
+)  # fmt: skip
 def bench(
     ctx: typer.Context,
     out: Annotated[
         Path | None, typer.Option(help="Run folder: config.json + records.jsonl; an existing one resumes.")
     ] = None,
-    dataset: Annotated[
-        str | None,
-        typer.Option(help="A registered data set (see benchmarks.datasets); with --data, a label."),
-    ] = None,
-    split: Annotated[str, typer.Option(help="Split of the data set.")] = "test",
-    model: Annotated[
-        str | None, typer.Option(help="Model path or id; default: the embedded SmolLM2-135M.")
-    ] = None,
-    backend: Annotated[str, typer.Option(help="transformers, openai or vllm.")] = "transformers",
+    dataset: Annotated[str | None, typer.Option(help=RunConfig.model_fields["dataset"].description)] = None,
     base_url: Annotated[str | None, typer.Option(help="Server URL for --backend openai.")] = None,
-    preset: Annotated[str, typer.Option(help="Prompt preset (runtime.prompts).")] = "tir",
-    limit: Annotated[int | None, typer.Option(min=0, help="Only the first N problems.")] = None,
-    samples: Annotated[int, typer.Option(min=1, help="Trajectories per problem (k); >1 votes.")] = 1,
     temperature: Annotated[
-        float | None, typer.Option(help="Default 0 for one sample, 0.7 for several.")
+        float | None, typer.Option(help="Sampling temperature; default 0 for one sample, 0.7 for several.")
     ] = None,
-    concurrency: Annotated[int, typer.Option(min=1, help="Trajectories in flight at once.")] = 8,
-    max_rounds: Annotated[int, typer.Option(min=0, help="Most code cells per trajectory.")] = 8,
-    max_tokens: Annotated[
-        int, typer.Option(min=1, help="Most tokens the model writes per trajectory.")
-    ] = DEFAULT_MAX_TOKENS,
     data: Annotated[
         Path | None, typer.Option(help="Any JSONL file of problems instead of --dataset.")
     ] = None,
-    question_field: Annotated[str, typer.Option(help="Question field of --data rows.")] = "question",
-    answer_field: Annotated[str, typer.Option(help="Answer field of --data rows.")] = "answer",
     ray: Annotated[
         str | None, typer.Option(help="Shard over Ray workers: a cluster address, 'auto' or 'local'.")
     ] = None,
@@ -103,6 +95,8 @@ def bench(
         Path | None, typer.Option(hidden=True, help="Replay script of --backend scripted.")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a live progress bar.")] = True,
+    *,
+    given: dict[str, Any],
 ) -> None:
     """Run a benchmark: solve every problem, grade, vote; resumable; prints a table and a JSON line."""
     import asyncio
@@ -110,7 +104,6 @@ def bench(
 
     from benchmarks.datasets import DatasetError, load_jsonl, load_problems
     from benchmarks.ray_run import run_benchmark_ray
-    from benchmarks.records import RunConfig
     from benchmarks.run import RunError, RunSummary, run_benchmark
     from runtime.backends.factory import BackendChoiceError, BackendSpec
     from sandbox.errors import SandboxError
@@ -123,14 +116,13 @@ def bench(
         raise typer.BadParameter("--out RUN_FOLDER is required")
     if data is None and dataset is None:
         raise typer.BadParameter("give --dataset NAME or --data FILE.jsonl")
-    temp = temperature if temperature is not None else (0.0 if samples == 1 else 0.7)
     label = dataset or (data.stem if data is not None else "")
-    config = RunConfig(
-        dataset=label, split=split, model=model, backend=backend, preset=preset, samples=samples,
-        temperature=temp, limit=limit, concurrency=concurrency, max_rounds=max_rounds, max_tokens=max_tokens,
-        data_file=str(data.resolve()) if data is not None else None, question_field=question_field,
-        answer_field=answer_field,
-    )  # fmt: skip
+    data_file = str(data.resolve()) if data is not None else None
+    config = validated(RunConfig, given, dataset=label, data_file=data_file)
+    temp = temperature if temperature is not None else (0.0 if config.samples == 1 else 0.7)
+    config = validated(RunConfig, config.model_dump(), temperature=temp)
+    model, backend, split, limit = config.model, config.backend, config.split, config.limit
+    samples, concurrency = config.samples, config.concurrency
     try:
         spec = BackendSpec(
             kind=backend,
@@ -142,7 +134,9 @@ def bench(
         raise typer.BadParameter(str(exc), param_hint="--backend") from exc
     try:
         if data is not None:
-            problems = load_jsonl(data, question_field, answer_field, dataset=label, split=split, limit=limit)
+            problems = load_jsonl(
+                data, config.question_field, config.answer_field, dataset=label, split=split, limit=limit
+            )
         else:
             problems = load_problems(
                 label, split, data_dir=BenchmarkSettings().resolve_data_dir(REPO_ROOT), limit=limit
@@ -194,14 +188,14 @@ def bench(
     typer.echo(summary.model_dump_json())
 
 
-def register(app: typer.Typer) -> None:
-    app.command("grade")(grade)
-    bench_app = typer.Typer(
-        help="Run a benchmark (options below), or work with finished run folders (subcommands).",
-        invoke_without_command=True,
-    )
-    bench_app.callback()(bench)
-    app.add_typer(bench_app, name="bench")
-    from benchmarks.harness_cli import register as register_reports
-
-    register_reports(app, bench_app)
+app = typer.Typer()
+"""The benchmark package's commands (``grade``, ``bench`` and its ``report``/``compare``, ``export``),
+mounted by the console script."""
+app.command("grade")(grade)
+bench_app = typer.Typer(
+    help="Run a benchmark (options below), or work with finished run folders (subcommands).",
+    invoke_without_command=True,
+)
+bench_app.callback()(bench)
+app.add_typer(bench_app, name="bench")
+register_reports(app, bench_app)

@@ -59,18 +59,22 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: str
-    split: str
-    model: str | None = None
-    backend: str = "transformers"
-    preset: str = "tir"
-    samples: int = 1
-    temperature: float = 0.0
+    dataset: str = Field(description="A registered data set (see benchmarks.datasets); with --data, a label.")
+    split: str = Field(default="test", description="Split of the data set.")
+    model: str | None = Field(
+        default=None, description="Model path or id; default: the embedded SmolLM2-135M."
+    )
+    backend: str = Field(default="transformers", description="Model backend: transformers, openai or vllm.")
+    preset: str = Field(default="tir", description="Prompt preset (runtime.prompts).")
+    samples: int = Field(default=1, ge=1, description="Trajectories per problem (k); >1 votes.")
+    temperature: float = Field(default=0.0, ge=0, description="Sampling temperature.")
     seed: int = Field(default=0, description="Sample j of a problem samples with seed seed + j.")
-    limit: int | None = None
-    concurrency: int = 8
-    max_rounds: int = 8
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    data_file: str | None = None
-    question_field: str = "question"
-    answer_field: str = "answer"
+    limit: int | None = Field(default=None, ge=0, description="Only the first N problems.")
+    concurrency: int = Field(default=8, ge=1, description="Trajectories in flight at once.")
+    max_rounds: int = Field(default=8, ge=0, description="Most code cells per trajectory.")
+    max_tokens: int = Field(
+        default=DEFAULT_MAX_TOKENS, ge=1, description="Most tokens the model writes per trajectory."
+    )
+    data_file: str | None = Field(default=None, description="The JSONL file the problems came from (--data).")
+    question_field: str = Field(default="question", description="Question field of --data rows.")
+    answer_field: str = Field(default="answer", description="Answer field of --data rows.")

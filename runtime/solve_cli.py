@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.syntax import Syntax
 
 from runtime.backends.base import SamplingParams
-from runtime.backends.factory import BackendChoiceError, check_backend, load_backend
+from runtime.backends.factory import BACKEND_KINDS, BackendChoiceError, check_backend, load_backend
+from runtime.cli_options import Flag, options_from, validated
 from runtime.consistency import majority_vote_async
 from runtime.events import CodeCell, ErrorEvent, ExecutionFinished, FinalAnswer, TextDelta
 from runtime.loop import DEFAULT_MAX_TOKENS, LoopLimits, run_trajectory
@@ -21,33 +23,45 @@ from sandbox.pool import KernelPool
 from sandbox.settings import SandboxSettings
 
 
+class SolveOptions(BaseModel):
+    """What ``mathcoder solve`` solves with: each field is an option of the command (``--max-tokens``, ...)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str | None = Field(
+        default=None, description="Model path or id; default: the embedded SmolLM2-135M."
+    )
+    backend: str = Field(default="transformers", description=f"Model backend: {', '.join(BACKEND_KINDS)}.")
+    base_url: str | None = Field(default=None, description="Server URL for --backend openai.")
+    preset: str = Field(default="tir", description=f"Prompt preset: {', '.join(PRESETS)}.")
+    samples: int = Field(default=1, ge=1, description="Trajectories to sample; >1 votes (self-consistency).")
+    temperature: float | None = Field(
+        default=None, ge=0, description="Sampling temperature; default 0 for one sample, 0.7 for several."
+    )
+    max_rounds: int = Field(default=8, ge=0, description="Most code cells executed.")
+    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, description="Most tokens the model writes.")
+
+
+@options_from(
+    SolveOptions,
+    fields=list(SolveOptions.model_fields),
+    flags={"preset": Flag(decls=("--format", "--preset"))},
+)
 def solve(
     question: Annotated[str, typer.Argument(help="The math problem.")],
-    model: Annotated[
-        str | None, typer.Option(help="Model path or id; default: the embedded SmolLM2-135M.")
-    ] = None,
-    backend: Annotated[str, typer.Option(help="transformers, openai or vllm.")] = "transformers",
-    base_url: Annotated[str | None, typer.Option(help="Server URL for --backend openai.")] = None,
-    preset: Annotated[
-        str, typer.Option("--format", "--preset", help=f"Prompt preset: {', '.join(PRESETS)}.")
-    ] = "tir",
-    samples: Annotated[
-        int, typer.Option(min=1, help="Trajectories to sample; >1 votes (self-consistency).")
-    ] = 1,
-    temperature: Annotated[
-        float | None, typer.Option(help="Default 0 for one sample, 0.7 for several.")
-    ] = None,
-    max_rounds: Annotated[int, typer.Option(min=0, help="Most code cells executed.")] = 8,
-    max_tokens: Annotated[
-        int, typer.Option(min=1, help="Most tokens the model writes.")
-    ] = DEFAULT_MAX_TOKENS,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole trace(s) as JSON.")] = False,
+    *,
+    given: dict[str, Any],
 ) -> None:
     """Solve a problem with a model that writes and runs Python; stream the solution."""
+    options = validated(SolveOptions, given)
+    model, backend, base_url, preset = options.model, options.backend, options.base_url, options.preset
+    samples, temperature = options.samples, options.temperature
     try:
         check_backend(backend, model, base_url)
     except BackendChoiceError as exc:
         raise typer.BadParameter(str(exc), param_hint="--backend") from exc
+    max_rounds, max_tokens = options.max_rounds, options.max_tokens
     chosen = get_preset(preset)
     temp = temperature if temperature is not None else (0.0 if samples == 1 else 0.7)
     limits = LoopLimits(max_rounds=max_rounds, max_tokens=max_tokens)

@@ -89,3 +89,55 @@ def test_sandbox_repl_keeps_state_between_cells() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "42"
+
+
+# Every flag, alias and variable the commands had before their options were generated from the
+# settings models (the README, scripts and docs use them); a generated option must not lose one.
+FLAGS_BEFORE = {
+    "solve": "--model --backend --base-url --format --preset --samples --temperature --max-rounds --max-tokens --json",
+    "bench": "--out --dataset --split --model --backend --base-url --preset --limit --samples --temperature "
+    "--concurrency --max-rounds --max-tokens --data --question-field --answer-field --ray --ray-workers "
+    "--script --progress --no-progress",
+    "generate": "--out --dataset --split --data --limit --seed --samples --keep-per-seed --variants --temperature "
+    "--backend --model --base-url --preset --max-rounds --max-tokens --concurrency --self-verification "
+    "--no-self-verification --min-agreement --merge-with --decontaminate --sft-preset --ray --ray-workers "
+    "--script --progress --no-progress",
+}
+
+
+def _options(name: str) -> dict[str, str]:
+    """``{flag: help}`` of one ``mathcoder`` subcommand, as click sees it."""
+    import typer.main
+
+    from runtime.cli import app
+
+    command = typer.main.get_command(app).commands[name]  # type: ignore[attr-defined]
+    found: dict[str, str] = {}
+    for param in command.params:
+        if param.param_type_name == "option":
+            for flag in [*param.opts, *param.secondary_opts]:
+                found[flag] = param.help or ""
+    return found
+
+
+def test_generated_options_keep_every_flag_and_carry_the_models_help() -> None:
+    from benchmarks.records import RunConfig
+    from runtime.solve_cli import SolveOptions
+    from training.generate.records import GenerateConfig
+
+    for name, flags in FLAGS_BEFORE.items():
+        options = _options(name)
+        assert set(flags.split()) <= set(options), name
+    for name, model, field in [
+        ("solve", SolveOptions, "max_tokens"),
+        ("bench", RunConfig, "question_field"),
+        ("generate", GenerateConfig, "keep_per_seed"),
+    ]:
+        info = model.model_fields[field]
+        assert (info.description or "") in _options(name)[f"--{field.replace('_', '-')}"]
+        assert f"(default: {info.default})" in _options(name)[f"--{field.replace('_', '-')}"]
+
+
+def test_a_generated_option_is_validated_by_its_model() -> None:
+    proc = run("solve", "What is 1 + 1?", "--samples", "0")
+    assert proc.returncode == 2 and "--samples: Input should be greater than or equal to 1" in proc.stderr

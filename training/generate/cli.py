@@ -11,8 +11,9 @@ import typer
 from rich.console import Console
 from rich.markdown import Markdown
 
-from runtime.loop import DEFAULT_MAX_TOKENS
+from runtime.cli_options import options_from, validated
 from training.generate.modes import MODES
+from training.generate.records import GenerateConfig
 
 _MODES_HELP = "; ".join(f"{m.name}: {m.help}" for m in MODES.values())
 
@@ -44,25 +45,19 @@ def _id_field(path: Path) -> str | None:
     return "id" if isinstance(row, dict) and "id" in row else None
 
 
+@options_from(
+    GenerateConfig,
+    fields=[
+        "dataset", "split", "limit", "seed", "keep_per_seed", "variants", "backend", "model", "base_url",
+        "preset", "max_rounds", "max_tokens", "concurrency",
+    ],
+)  # fmt: skip
 def generate(
     mode: Annotated[str, typer.Argument(help=f"The generation mode. {_MODES_HELP}.")],
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/generate/<mode>).")] = None,
-    dataset: Annotated[str, typer.Option(help="Seed data set (registered name).")] = "gsm8k",
-    split: Annotated[str, typer.Option(help="Seed split.")] = "train",
     data: Annotated[Path | None, typer.Option(help="Seed problems from this JSONL instead.")] = None,
-    limit: Annotated[int | None, typer.Option(min=0, help="Only the first N seeds.")] = None,
-    seed: Annotated[int, typer.Option(help="Run seed: masks, walks and sampling repeat with it.")] = 0,
     samples: Annotated[int, typer.Option(min=1, help="Trajectories per question (teacher modes).")] = 4,
-    keep_per_seed: Annotated[int, typer.Option(min=1, help="Distinct traces kept per seed at most.")] = 4,
-    variants: Annotated[int, typer.Option(min=1, help="New questions per seed (backward, rephrase, concept-graph).")] = 1,
     temperature: Annotated[float | None, typer.Option(min=0.0, help="Default 0.7 with samples > 1, else 0.")] = None,
-    backend: Annotated[str | None, typer.Option(help="Teacher: transformers (the local default model), openai, vllm.")] = None,
-    model: Annotated[str | None, typer.Option(help="Teacher model name or path.")] = None,
-    base_url: Annotated[str | None, typer.Option(help="Teacher server URL (backend openai).")] = None,
-    preset: Annotated[str, typer.Option(help="Prompt preset the teacher solves with.")] = "tir",
-    max_rounds: Annotated[int, typer.Option(min=1, help="Code cells per trajectory at most.")] = 8,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per trajectory at most.")] = DEFAULT_MAX_TOKENS,
-    concurrency: Annotated[int, typer.Option(min=1, help="Seeds (and teacher calls) in flight.")] = 8,
     self_verification: Annotated[bool, typer.Option(help="backward: also self-verification questions (needs --backend).")] = False,
     min_agreement: Annotated[float, typer.Option(min=0.0, max=1.0, help="concept-graph: share of samples that must agree.")] = 0.5,
     merge_with: Annotated[list[Path] | None, typer.Option(help="Data set folders to merge into this one (self-train).")] = None,
@@ -72,6 +67,8 @@ def generate(
     ray_workers: Annotated[int | None, typer.Option(min=1, help="Ray actors (default: one per CPU).")] = None,
     script: Annotated[Path | None, typer.Option(hidden=True, help="Replay script of --backend scripted.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a live progress bar.")] = True,
+    *,
+    given: dict[str, Any],
 ) -> None:  # fmt: skip
     """Generate training data: seeds in, validated code-interleaved traces out (resumable)."""
     from benchmarks.datasets import DatasetError, load_jsonl, load_problems
@@ -81,7 +78,6 @@ def generate(
     from sandbox.pool import KernelPool
     from sandbox.settings import SandboxSettings
     from training.generate.context import TeacherRequired
-    from training.generate.records import GenerateConfig
     from training.generate.runner import run_generation, run_generation_ray
 
     if mode not in MODES:
@@ -95,13 +91,12 @@ def generate(
     if mode == "concept-graph":
         options["min_agreement"] = min_agreement
     temp = temperature if temperature is not None else (0.7 if samples > 1 else 0.0)
-    config = GenerateConfig(
-        mode=mode, dataset=dataset if data is None else data.stem, split=split,
-        data_file=str(data.resolve()) if data else None, limit=limit, seed=seed, samples=samples,
-        keep_per_seed=keep_per_seed, temperature=temp, backend=backend, model=model, base_url=base_url,
-        preset=preset, max_rounds=max_rounds, max_tokens=max_tokens, concurrency=concurrency,
-        variants=variants, options=options,
-    )  # fmt: skip
+    more = {"dataset": data.stem, "data_file": str(data.resolve())} if data is not None else {}
+    config = validated(
+        GenerateConfig, given, mode=mode, samples=samples, temperature=temp, options=options, **more
+    )
+    dataset, split, limit, concurrency = config.dataset, config.split, config.limit, config.concurrency
+    backend, model, base_url = config.backend, config.model, config.base_url
     try:
         if data is not None:
             seeds = load_jsonl(

@@ -25,22 +25,24 @@ class GenerateConfig(BaseModel):
 
     mode: Mode
     dataset: str = Field(default="gsm8k", description="Seed data set (a registered name).")
-    split: str = "train"
+    split: str = Field(default="train", description="Seed split.")
     data_file: str | None = Field(default=None, description="Seed problems from this JSONL instead.")
     limit: int | None = Field(default=None, ge=0, description="Only the first N seed problems.")
-    seed: int = Field(default=0, description="Makes every random choice (masks, walks, sampling) repeatable.")
+    seed: int = Field(default=0, description="Run seed: masks, walks and sampling repeat with it.")
     samples: int = Field(default=1, ge=1, description="Trajectories per question (teacher modes).")
     keep_per_seed: int = Field(
         default=4, ge=1, description="At most this many distinct kept traces per seed."
     )
-    temperature: float = Field(default=0.0, ge=0.0)
-    backend: str | None = Field(default=None, description="Teacher backend kind (teacher modes only).")
-    model: str | None = None
-    base_url: str | None = None
-    preset: str = "tir"
-    max_rounds: int = Field(default=8, ge=1)
-    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1)
-    concurrency: int = Field(default=8, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, description="Teacher sampling temperature.")
+    backend: str | None = Field(
+        default=None, description="Teacher: transformers (the local default model), openai, vllm."
+    )
+    model: str | None = Field(default=None, description="Teacher model name or path.")
+    base_url: str | None = Field(default=None, description="Teacher server URL (backend openai).")
+    preset: str = Field(default="tir", description="Prompt preset the teacher solves with.")
+    max_rounds: int = Field(default=8, ge=1, description="Code cells per trajectory at most.")
+    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, description="Tokens per trajectory at most.")
+    concurrency: int = Field(default=8, ge=1, description="Seeds (and teacher calls) in flight.")
     variants: int = Field(
         default=1, ge=1, description="New questions per seed (backward, rephrase, concept-graph)."
     )
