@@ -1,13 +1,13 @@
-"""``mathcoder generate`` (training data) and ``mathcoder train`` (fine-tuning) on the command line."""
+"""The training package's commands: ``mathcoder generate`` (training data) and ``mathcoder train``
+(fine-tuning), as a ``typer.Typer`` called ``app`` that the console script mounts."""
 
 from __future__ import annotations
 
 import typer
 
+from training.generate.cli import generate
+from training.train_cli import train
 
-def register(app: typer.Typer) -> None:
-    from training.generate.cli import generate
-    from training.train_cli import train
-
-    app.command("generate")(generate)
-    app.command("train")(train)
+app = typer.Typer()
+app.command("generate")(generate)
+app.command("train")(train)
