@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from benchmarks.datasets import load_jsonl
 from benchmarks.records import Problem, ProblemRecord, RunConfig
 from benchmarks.run import RunError, benchmark_folder, run_benchmark
 from runtime.backends.factory import BackendSpec, scripted_backend
+from runtime.grading import is_equivalent
 from sandbox.pool import KernelPool
 from sandbox.settings import SandboxSettings
 
@@ -258,7 +259,10 @@ def test_ray_workers_give_the_same_records_as_one_process(
 
 
 @pytest.mark.slow
-def test_bench_cli_with_the_default_model_on_two_gsm8k_problems(tmp_path: Path) -> None:
+@pytest.mark.timeout(900)  # a 135M model on a shared CPU
+def test_bench_cli_with_the_default_model_on_two_gsm8k_problems(
+    tmp_path: Path, load_rows: Callable[[str, str], list[dict[str, Any]]]
+) -> None:
     out = tmp_path / "gsm8k"
     proc = subprocess.run(
         [MATHCODER, "bench", "--dataset", "gsm8k", "--limit", "2", "--max-tokens", "128", "--concurrency", "2",
@@ -270,10 +274,17 @@ def test_bench_cli_with_the_default_model_on_two_gsm8k_problems(tmp_path: Path) 
     assert summary["problems"] == 2
     records = read(out)
     assert [r.id for r in records] == ["gsm8k-test-0", "gsm8k-test-1"]
+    rows = {row["id"]: str(row["answer"]) for row in load_rows("gsm8k", "test")[:2]}
     for record in records:
-        trace = record.samples[0].trace
+        (sample,) = record.samples
+        trace = sample.trace
         assert trace is not None and 0 < trace.metadata.usage.completion_tokens <= 128
-        assert record.correct == (record.answer is not None and record.samples[0].correct)
+        # The record's answer is the trace's, and its grade is the grader's verdict on the reference
+        # (not the sample's own flag, which one sample makes equal by construction).
+        assert record.answer == sample.answer == trace.final_answer
+        assert record.reference == rows[record.id]
+        graded = record.answer is not None and is_equivalent(record.answer, record.reference)
+        assert record.correct == sample.correct == record.pass_at_k == graded
     shutil.rmtree(out)
 
 
