@@ -15,8 +15,6 @@ from benchmarks.records import RunConfig
 from benchmarks.settings import BenchmarkSettings
 from runtime.cli_options import options_from, validated
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 def grade(
     pred: Annotated[
@@ -139,7 +137,7 @@ def bench(
             )
         else:
             problems = load_problems(
-                label, split, data_dir=BenchmarkSettings().resolve_data_dir(REPO_ROOT), limit=limit
+                label, split, data_dir=BenchmarkSettings().resolve_data_dir(), limit=limit
             )
     except (DatasetError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)

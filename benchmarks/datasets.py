@@ -21,7 +21,6 @@ from benchmarks.settings import BenchmarkSettings
 
 __all__ = ["REGISTRY", "DatasetError", "DatasetSpec", "HubSource", "load_jsonl", "load_problems"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DROPPED_FIELDS = frozenset({"solution"})
 """Source fields not copied into ``meta``: the worked solution would only bloat every record."""
 
@@ -202,7 +201,7 @@ def load_problems(
 
     ``keep_solution`` keeps the worked solution in ``meta["solution"]`` (data generation needs it).
 
-    ``data_dir`` defaults to ``BenchmarkSettings().resolve_data_dir(<repo root>)``.
+    ``data_dir`` defaults to ``BenchmarkSettings().resolve_data_dir()``.
     """
     spec = REGISTRY.get(name)
     if spec is None:
@@ -211,7 +210,7 @@ def load_problems(
         raise DatasetError(f"{name!r} has no split {split!r}; valid splits: {', '.join(spec.splits)}")
     if limit is not None and limit < 0:
         raise DatasetError(f"limit must be >= 0, got {limit}")
-    data_dir = data_dir if data_dir is not None else BenchmarkSettings().resolve_data_dir(REPO_ROOT)
+    data_dir = data_dir if data_dir is not None else BenchmarkSettings().resolve_data_dir()
     path = data_dir / name / f"{split}.jsonl"
     if not path.is_file():
         return _from_hub(spec, split, data_dir, limit)

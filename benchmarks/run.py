@@ -18,13 +18,13 @@ from pathlib import Path
 from pydantic import BaseModel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from runtime.grading import is_equivalent
 from benchmarks.records import Problem, ProblemRecord, RunConfig, SampleRecord
 from benchmarks.run_folder import RunError, RunFolder
 from benchmarks.settings import BenchmarkSettings
 from runtime.backends.base import Backend, SamplingParams
 from runtime.consistency import majority_vote
 from runtime.events import ErrorEvent, FinalAnswer
+from runtime.grading import is_equivalent
 from runtime.loop import LoopLimits, SessionFactory, run_trajectory
 from runtime.prompts import get_preset
 from runtime.scheduler import solve_all

@@ -36,11 +36,9 @@ from sandbox.pool import KernelPool
 from sandbox.result import ExecutionResult
 from sandbox.settings import SandboxSettings
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 def load_problems(limit: int) -> list[dict[str, Any]]:
-    path = BenchmarkSettings().resolve_data_dir(REPO_ROOT) / "gsm8k" / "test.jsonl"
+    path = BenchmarkSettings().resolve_data_dir() / "gsm8k" / "test.jsonl"
     with path.open() as f:
         return [json.loads(line) for _, line in zip(range(limit), f, strict=False)]
 

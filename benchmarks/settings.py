@@ -12,7 +12,10 @@ from pydantic import Field
 
 from runtime.settings import GradingSettings
 
-__all__ = ["BenchmarkSettings"]
+__all__ = ["REPO_ROOT", "BenchmarkSettings"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The checkout (or installed tree) this package lives in: a relative ``data_dir`` is taken against it."""
 
 
 class BenchmarkSettings(GradingSettings):
@@ -26,7 +29,7 @@ class BenchmarkSettings(GradingSettings):
         ),
     )
 
-    def resolve_data_dir(self, root: Path) -> Path:
+    def resolve_data_dir(self, root: Path = REPO_ROOT) -> Path:
         """``data_dir`` as an absolute path, a relative one taken against ``root`` (the repository root)."""
         path = self.data_dir.expanduser()
         return (path if path.is_absolute() else root / path).resolve()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_asyncio
+from support.paths import REPO_ROOT
 
 from benchmarks.datasets import load_jsonl
 from benchmarks.records import Problem
@@ -17,8 +18,6 @@ from benchmarks.settings import BenchmarkSettings
 
 if TYPE_CHECKING:
     from runtime.backends.base import Backend
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")

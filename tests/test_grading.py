@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 from grading_pairs import PAIRS, Pair
 from pydantic import ValidationError
+from support.paths import REPO_ROOT
 
+from benchmarks.settings import BenchmarkSettings
 from runtime.answers import parse_number
 from runtime.grading import (
     Comparison,
@@ -27,11 +29,9 @@ from runtime.grading import (
     grade_jsonl,
     is_equivalent,
 )
-from benchmarks.settings import BenchmarkSettings
 
 LoadRows = Callable[[str, str], list[dict[str, Any]]]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Hangs math-verify's verify (sympy evaluates the tower as an exact integer): checked to run > 30 s.
 PATHOLOGICAL = r"9^{9^{9^{9}}}"

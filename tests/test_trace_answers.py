@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from runtime.answers import extract_answer
-from runtime.grading import is_equivalent
 from runtime.formats import FORMATS, get_format
+from runtime.grading import is_equivalent
 from runtime.trace import CodeBlock, OutputBlock, TextBlock, Trace
 
 LoadRows = Callable[[str, str], list[dict[str, Any]]]

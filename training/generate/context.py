@@ -11,10 +11,10 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
-from runtime.grading import is_equivalent
 from benchmarks.records import Problem, RunConfig, SampleRecord
 from benchmarks.run import solve_problems
 from runtime.backends.base import Backend, CompletionRequest, SamplingParams
+from runtime.grading import is_equivalent
 from runtime.loop import SessionFactory
 from training.generate.records import GenerateConfig
 

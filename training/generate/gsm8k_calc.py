@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal
 
-from runtime.grading import is_equivalent
 from benchmarks.records import Problem
+from runtime.grading import is_equivalent
 from runtime.loop import CellRunner
 from runtime.trace import (
     ExecutionStatus,
