@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_io import percentile, print_table, write_results
+from sandbox.errors import KernelStartError
 from sandbox.kernel import Kernel
 from sandbox.local import LocalLauncher
 from sandbox.pool import KernelPool
@@ -113,11 +114,16 @@ async def kernel_start(base: SandboxSettings, n: int, cycle_s: float) -> dict[st
     async with KernelPool(modes["cold"]) as cold, KernelPool(modes["fork"]) as fork:
         await start_once(fork, None)  # the zygote's own start is not a kernel start
         zygote_pid = getattr(fork.launcher, "zygote_pid", None)
+        failures: dict[str, list[str]] = {m: [] for m in modes}
         for _ in range(n):
-            samples["cold"].append(await start_once(cold, None))
-            samples["fork"].append(await start_once(fork, zygote_pid))
+            for mode, pool in (("cold", cold), ("fork", fork)):
+                try:
+                    samples[mode].append(await start_once(pool, zygote_pid if mode == "fork" else None))
+                except KernelStartError as exc:  # counted and reported, not hidden
+                    failures[mode].append(str(exc))
+                    await pool.drain()
         describe = fork.launcher.describe()
-    out: dict[str, Any] = {"n": n, "launcher": describe}
+    out: dict[str, Any] = {"n": n, "launcher": describe, "start_failures": failures}
     for mode, rows in samples.items():
         walls, cpus = [r["wall_s"] for r in rows], [r["cpu_s"] for r in rows]
         out[mode] = {
@@ -295,6 +301,7 @@ async def main(args: argparse.Namespace) -> None:
     } | {
         f"{m}_cycles_per_s": round(results["start"][m]["cycles"]["cycles_per_s"], 1) for m in ("cold", "fork")
     }  # fmt: skip
+    start_summary |= {f"{m}_start_failures": len(v) for m, v in results["start"]["start_failures"].items()}
     results["load_average_after_start"] = os.getloadavg()
     if args.only == "start":
         write_results(Path(args.out), "sandbox", results, start_summary)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 from typing import Any, cast
 
 from jupyter_client.asynchronous.client import AsyncKernelClient
@@ -209,26 +210,43 @@ class Kernel:
         if ready not in done or ready.exception() is not None:
             raise self._start_failed("no answer" if ready not in done else str(ready.exception()))
         self.client.start_channels(hb=False)
-        msg_id = self.client.kernel_info()
+        sent = {self.client.kernel_info()}
+        got = {"kernel_info_reply": False, "iopub": False}
 
         async def reply() -> None:
-            while (await self.client.get_shell_msg())["parent_header"].get("msg_id") != msg_id:
-                pass
+            while True:
+                try:
+                    msg = await self.client.get_shell_msg(timeout=1.0)
+                except Empty:  # not expected; asking again costs nothing
+                    sent.add(self.client.kernel_info())
+                    continue
+                if msg["parent_header"].get("msg_id") in sent:
+                    got["kernel_info_reply"] = True
+                    return
 
-        async def welcome() -> None:
-            while (await self.client.get_iopub_msg())["msg_type"] != "iopub_welcome":
-                pass
+        async def subscribed() -> None:  # any iopub message proves the subscription; the welcome comes first
+            while True:
+                msg = await self.client.get_iopub_msg()
+                if msg["msg_type"] == "iopub_welcome" or msg["parent_header"].get("msg_id") in sent:
+                    got["iopub"] = True
+                    return
 
-        answered: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(reply(), welcome()))
+        answered: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(reply(), subscribed()))
         try:
             finished, _ = await asyncio.wait(
                 {answered, self._exit}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
             if answered not in finished:
-                raise self._start_failed("no kernel_info_reply")
+                missing = ", ".join(k for k, v in got.items() if not v)
+                tail = getattr(self.process, "log_tail", lambda: "")()
+                raise self._start_failed(
+                    f"no {missing} after {len(sent)} kernel_info requests; log: {tail!r}"
+                )
             answered.result()
         finally:
             answered.cancel()
+            with contextlib.suppress(BaseException):
+                await answered
 
     @property
     def alive(self) -> bool:

@@ -91,6 +91,9 @@ class ForkedKernelProcess:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def log_tail(self) -> str:
+        return log_tail(self.spec)
+
     def death_note(self) -> str:
         code = self.exited.result() if self.exited.done() else None
         if code == _ZYGOTE_DIED:
