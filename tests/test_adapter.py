@@ -1,0 +1,81 @@
+"""Adapter folders: the SVD extract of a full fine-tune, the card, and the base-model check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from runtime.adapter import AdapterCard, AdapterError, check_base, read_card, sha256_of  # noqa: E402
+from training.export_adapter import svd_extract  # noqa: E402
+
+
+def test_svd_extract_recovers_a_low_rank_change_exactly() -> None:
+    gen = torch.Generator().manual_seed(0)
+    base = {
+        "model.layers.0.self_attn.q_proj.weight": torch.randn(16, 12, generator=gen),
+        "model.layers.0.mlp.down_proj.weight": torch.randn(12, 20, generator=gen),
+        "model.embed_tokens.weight": torch.randn(30, 12, generator=gen),
+    }
+    delta_q = torch.randn(16, 2, generator=gen) @ torch.randn(2, 12, generator=gen)  # rank 2
+    tuned = {
+        "model.layers.0.self_attn.q_proj.weight": base["model.layers.0.self_attn.q_proj.weight"] + delta_q,
+        "model.layers.0.mlp.down_proj.weight": base["model.layers.0.mlp.down_proj.weight"].clone(),
+        "model.embed_tokens.weight": base["model.embed_tokens.weight"] + 0.1,
+    }
+    tensors, stats = svd_extract(base, tuned, rank=4)
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    b, a = tensors[f"{prefix}.lora_B.weight"].float(), tensors[f"{prefix}.lora_A.weight"].float()
+    assert b.shape == (16, 4) and a.shape == (4, 12)
+    assert torch.allclose(b @ a, delta_q, atol=2e-2)  # float16 storage
+    assert stats["linear_delta_energy_kept"] == pytest.approx(1.0)
+    # The embedding change (30 x 12 entries of 0.1) is not carried, and the stats say how much that is.
+    outside = 30 * 12 * 0.01
+    expected = outside / (outside + float((delta_q.double() ** 2).sum()))
+    assert stats["delta_energy_outside_linear"] == pytest.approx(expected, rel=1e-4)
+    assert not any("embed_tokens" in k for k in tensors)
+
+
+def test_svd_extract_keeps_only_the_top_directions() -> None:
+    gen = torch.Generator().manual_seed(1)
+    base = {"model.layers.0.mlp.up_proj.weight": torch.zeros(8, 8)}
+    delta = torch.diag(torch.tensor([8.0, 4.0, 2.0, 1.0, 0, 0, 0, 0]))
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=gen))
+    tuned = {"model.layers.0.mlp.up_proj.weight": q @ delta @ q.T}
+    _, stats = svd_extract(base, tuned, rank=2)
+    assert stats["linear_delta_energy_kept"] == pytest.approx((64 + 16) / (64 + 16 + 4 + 1), rel=1e-6)
+
+
+def _card(folder: Path, base: Path) -> AdapterCard:
+    card = AdapterCard(
+        name="t",
+        base_model_file=base.name,
+        base_model_sha256=sha256_of(base),
+        preset="tir-sft",
+        rank=2,
+        alpha=4,
+    )
+    folder.mkdir()
+    (folder / "mathcoder.json").write_text(card.model_dump_json())
+    return card
+
+
+def test_an_adapter_is_applied_only_to_its_own_base(tmp_path: Path) -> None:
+    base = tmp_path / "base.gguf"
+    base.write_bytes(b"weights")
+    card = _card(tmp_path / "adapter", base)
+    check_base(card, base)
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"other weights")
+    with pytest.raises(AdapterError, match="--no-adapter"):
+        check_base(card, other)
+
+
+def test_an_incomplete_adapter_folder_is_refused(tmp_path: Path) -> None:
+    base = tmp_path / "base.gguf"
+    base.write_bytes(b"weights")
+    _card(tmp_path / "adapter", base)
+    with pytest.raises(AdapterError, match=r"adapter_config.json, adapter_model.safetensors missing"):
+        read_card(tmp_path / "adapter")
