@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from rich.markup import escape
 
 from runtime.formats import FORMATS, get_format
+from runtime.formats.base import flag_runs
 from runtime.formats.mathcoder import SPECIAL_TOKENS as MATHCODER_TOKENS
 from training.generate.records import SftExample, SftSegment
 
@@ -302,12 +303,8 @@ def encode_all(
 def show_mask(encoded: Encoded, tokenizer: Any) -> str:
     """Rich markup of the example: trained tokens green, masked ones dim (nanochat's visualiser)."""
     parts: list[str] = []
-    start = 0
-    flags = [label != IGNORE_INDEX for label in encoded.labels]
-    for i in range(1, len(flags) + 1):
-        if i == len(flags) or flags[i] != flags[start]:
-            text = tokenizer.decode(encoded.input_ids[start:i], clean_up_tokenization_spaces=False)
-            style = "green" if flags[start] else "dim"
-            parts.append(f"[{style}]{escape(text)}[/{style}]")
-            start = i
+    for start, end, trained in flag_runs([label != IGNORE_INDEX for label in encoded.labels]):
+        text = tokenizer.decode(encoded.input_ids[start:end], clean_up_tokenization_spaces=False)
+        style = "green" if trained else "dim"
+        parts.append(f"[{style}]{escape(text)}[/{style}]")
     return "".join(parts)

@@ -28,6 +28,18 @@ class TraceParseError(TraceFormatError):
     """A text is not a well-formed rendering of the format."""
 
 
+def flag_runs(flags: Sequence[bool]) -> list[tuple[int, int, bool]]:
+    """The maximal runs of equal flags as half-open ``(start, end, flag)`` ranges (the one place
+    that cuts a loss mask into trained and masked pieces: SFT segments, the mask visualiser)."""
+    runs: list[tuple[int, int, bool]] = []
+    start = 0
+    for i in range(1, len(flags) + 1):
+        if i == len(flags) or flags[i] != flags[start]:
+            runs.append((start, i, flags[start]))
+            start = i
+    return runs
+
+
 @dataclass(frozen=True)
 class Rendered:
     """A rendering plus which characters the model is trained on.
@@ -46,6 +58,10 @@ class Rendered:
         for start, end in self.output_spans:
             mask[start:end] = [False] * (end - start)
         return mask
+
+    def segments(self) -> list[tuple[str, bool]]:
+        """The text cut into maximal trained / masked pieces: ``(text, trained)``."""
+        return [(self.text[start:end], flag) for start, end, flag in flag_runs(self.trained())]
 
     def shifted(self, offset: int) -> Rendered:
         return Rendered(
