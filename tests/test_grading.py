@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from grading_pairs import PAIRS, Pair
 from pydantic import ValidationError
+from support.grading_pairs import PAIRS, Pair
 from support.paths import REPO_ROOT
 
 from benchmarks.settings import BenchmarkSettings

@@ -22,7 +22,7 @@ from httpx_sse import aconnect_sse
 from procs import pids_of_uids
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
-from test_server_harness import (
+from support.server import (
     BOTH_KEY,
     EXEC_KEY,
     OTHER_KEY,

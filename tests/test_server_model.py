@@ -21,7 +21,7 @@ import openai
 import pytest
 from httpx_sse import aconnect_sse
 from procs import pids_of_uids
-from test_server_harness import SOLVE_KEY, LiveServer, bearer, http
+from support.server import SOLVE_KEY, LiveServer, bearer, http
 
 from runtime.server import ServerSettings, create_app
 from runtime.server.routes.openai_api import render_markdown

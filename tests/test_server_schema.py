@@ -19,7 +19,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
 from schemathesis.generation.case import Case
 from schemathesis.openapi import from_url
-from test_server_harness import BOTH_KEY, LiveServer, Say, ScriptBook, bearer
+from support.server import BOTH_KEY, LiveServer, Say, ScriptBook, bearer
 
 from runtime.server import ServerSettings, create_app
 from sandbox.pool import KernelPool

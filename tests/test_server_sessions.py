@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 from procs import pids_of_uids
-from test_server_harness import (
+from support.server import (
     EXEC_KEY,
     OTHER_KEY,
     LiveServer,

@@ -20,7 +20,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import torch
-from test_train_support import (
+from support.train import (
     arithmetic_examples,
     build_tiny_model,
     default_tokenizer_dir,

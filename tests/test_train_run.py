@@ -25,7 +25,7 @@ pytest.importorskip("transformers")
 
 import torch
 from safetensors.torch import load_file
-from test_train_support import (
+from support.train import (
     SYSTEM,
     arithmetic_examples,
     build_tiny_model,

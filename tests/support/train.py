@@ -52,15 +52,11 @@ def hand_traces() -> list[Trace]:
 
 
 def sft_example(trace: Trace, fmt: str, ident: str) -> SftExample:
-    """The SFT view of ``trace`` in ``fmt``: maximal runs of equal ``Rendered.trained()`` flags."""
-    rendered = get_format(fmt).render(trace)
-    flags = rendered.trained()
-    segments: list[SftSegment] = []
-    start = 0
-    for i in range(1, len(flags) + 1):
-        if i == len(flags) or flags[i] != flags[start]:
-            segments.append(SftSegment(text=rendered.text[start:i], train=flags[start]))
-            start = i
+    """The SFT view of ``trace`` in ``fmt`` as it stands (``to_sft`` would also set the preset's system
+    prompt): the same ``Rendered.segments`` cut."""
+    segments = [
+        SftSegment(text=text, train=train) for text, train in get_format(fmt).render(trace).segments()
+    ]
     return SftExample(id=ident, format=fmt, segments=segments)
 
 
