@@ -25,17 +25,14 @@ from sandbox.settings import SandboxSettings
 from training.generate.backward import (
     FOBAR_SUFFIX,
     SV_SUFFIX,
-    BackwardRejected,
     backward_steps,
     check_statement,
     choose_masks,
     generate,
-    implied_values,
     mask_question,
-    question_numbers,
-    read_forward,
 )
 from training.generate.context import GenContext, TeacherRequired
+from training.generate.forward import BackwardRejected, implied_values, question_numbers, read_forward
 from training.generate.records import GenerateConfig, GenRecord, SeedOutcome
 
 ASYNC = pytest.mark.asyncio(loop_scope="module")

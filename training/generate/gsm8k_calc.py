@@ -109,7 +109,7 @@ class _Namer:
         return name
 
 
-def parse_number(text: str) -> Fraction | None:
+def annotation_value(text: str) -> Fraction | None:
     """The value of an annotation's result (``$1,200``, ``25%``, ``3.5``), or None."""
     cleaned = text.strip().replace("$", "").replace(",", "").rstrip("%").strip()
     try:
@@ -233,7 +233,7 @@ def convert(row: Mapping[str, Any]) -> list[Step]:
             if "=" not in body:
                 raise ConversionError(f"annotation without a result: {body!r}")
             expr, result = body.rsplit("=", 1)
-            value = parse_number(result)
+            value = annotation_value(result)
             if value is None:
                 raise ConversionError(f"annotation result is not a number: {result!r}")
             py = _reuse(pythonify(expr), known + new_known, given)
@@ -250,7 +250,7 @@ def convert(row: Mapping[str, Any]) -> list[Step]:
 
 
 def _close(printed: str, expected: str) -> bool:
-    got, want = parse_number(printed), parse_number(expected)
+    got, want = annotation_value(printed), annotation_value(expected)
     if got is None or want is None:
         return False
     g, w = float(got), float(want)
@@ -259,7 +259,7 @@ def _close(printed: str, expected: str) -> bool:
 
 def _rescaled(got: str, want: str) -> bool:
     """``got`` and ``want`` differ by a power of ten (a percentage or unit read another way)."""
-    g, w = parse_number(got), parse_number(want)
+    g, w = annotation_value(got), annotation_value(want)
     if not g or not w:
         return False
     ratio = abs(g / w)
