@@ -1,4 +1,6 @@
-"""The agent loop's logic and limits, with real kernels and a scripted model (a replay test double)."""
+"""The agent loop's logic and limits, with a scripted model (a replay test double): the logic tests on
+the in-memory cell runner and on real kernels, the kernel-specific ones (timeouts, crashes, leases) on real
+kernels only."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from support.cells import MemorySessions
 
 from runtime.backends.scripted import ScriptedBackend, Step
 from runtime.events import (
@@ -19,7 +22,7 @@ from runtime.events import (
     TextDelta,
 )
 from runtime.formats import get_format
-from runtime.loop import LoopLimits, StopReason, run_trajectory, solve
+from runtime.loop import LoopLimits, SessionFactory, StopReason, run_trajectory, solve
 from runtime.prompts import get_preset
 from runtime.trace import CodeBlock, OutputBlock, TextBlock
 from sandbox.pool import KernelPool
@@ -42,18 +45,27 @@ async def pool() -> AsyncIterator[KernelPool]:
         yield pool
 
 
-async def events_of(problem: str, backend: ScriptedBackend, pool: KernelPool, **kw: object) -> list[Event]:
+@pytest.fixture(params=["memory", "kernel"])
+def sessions(request: pytest.FixtureRequest) -> SessionFactory:
+    """The loop's logic tests run twice: on the in-memory cell runner, and on real kernels."""
+    if request.param == "memory":
+        return MemorySessions().session
+    pool: KernelPool = request.getfixturevalue("pool")
+    return pool.session
+
+
+async def events_of(
+    problem: str, backend: ScriptedBackend, sessions: SessionFactory, **kw: object
+) -> list[Event]:
     preset = kw.pop("preset", TIR)
-    return [
-        e async for e in run_trajectory(problem, backend=backend, sessions=pool.session, preset=preset, **kw)
-    ]  # type: ignore[arg-type]
+    return [e async for e in run_trajectory(problem, backend=backend, sessions=sessions, preset=preset, **kw)]  # type: ignore[arg-type]
 
 
-async def test_a_cell_runs_and_its_output_feeds_the_next_step(pool: KernelPool) -> None:
+async def test_a_cell_runs_and_its_output_feeds_the_next_step(sessions: SessionFactory) -> None:
     backend = ScriptedBackend(
         {"P1": [CELL.format(code="x = 6 * 7\nprint(x)"), Step("So \\boxed{42}.", eos=True)]}
     )
-    events = await events_of("P1", backend, pool)
+    events = await events_of("P1", backend, sessions)
     kinds = [type(e) for e in events]
     assert kinds == [TextDelta, CodeCell, ExecutionStarted, ExecutionFinished, TextDelta, FinalAnswer]
     final = events[-1]
@@ -75,7 +87,7 @@ async def test_a_cell_runs_and_its_output_feeds_the_next_step(pool: KernelPool) 
     assert fmt.parse(fmt.render(final.trace).text) == final.trace.text_view()
 
 
-async def test_mathcoder_format_runs_cells_between_its_tokens(pool: KernelPool) -> None:
+async def test_mathcoder_format_runs_cells_between_its_tokens(sessions: SessionFactory) -> None:
     backend = ScriptedBackend(
         {
             "P2": [  # one block per step, as MathCoder's own inference loop generates
@@ -86,7 +98,7 @@ async def test_mathcoder_format_runs_cells_between_its_tokens(pool: KernelPool) 
             ]
         }
     )
-    final = (await events_of("P2", backend, pool, preset=get_preset("mathcoder")))[-1]
+    final = (await events_of("P2", backend, sessions, preset=get_preset("mathcoder")))[-1]
     assert isinstance(final, FinalAnswer) and final.answer == "1024"
     assert backend.requests[2].prompt.endswith(
         "<|code|>print(2**10)<|endofblock|><|execution|>1024<|endofblock|>"
@@ -105,7 +117,7 @@ async def test_a_timed_out_cell_is_reported_and_the_loop_goes_on(pool: KernelPoo
             ]
         }
     )
-    events = await events_of("P3", backend, pool, limits=LoopLimits(cell_timeout_s=1))
+    events = await events_of("P3", backend, pool.session, limits=LoopLimits(cell_timeout_s=1))
     results = [e for e in events if isinstance(e, ExecutionFinished)]
     assert [r.result.status for r in results] == [ExecutionStatus.TIMEOUT, ExecutionStatus.OK]
     assert "ran past the 1 s limit" in results[0].output
@@ -122,7 +134,7 @@ async def test_a_crashed_kernel_mid_trajectory_is_replaced(pool: KernelPool) -> 
             ]
         }
     )
-    events = await events_of("P4", backend, pool)
+    events = await events_of("P4", backend, pool.session)
     results = [e for e in events if isinstance(e, ExecutionFinished)]
     assert results[0].result.status == ExecutionStatus.CRASHED and results[0].result.kernel_restarted
     assert "exited with status 3" in results[0].output
@@ -131,26 +143,24 @@ async def test_a_crashed_kernel_mid_trajectory_is_replaced(pool: KernelPool) -> 
     assert isinstance(final, FinalAnswer) and final.trace.metadata.cells[0].kernel_restarted
 
 
-async def test_a_code_block_that_never_closes_ends_at_the_token_budget(pool: KernelPool) -> None:
+async def test_a_code_block_that_never_closes_ends_at_the_token_budget(sessions: SessionFactory) -> None:
     backend = ScriptedBackend({"P5": ["```python\nwhile True:"] + ["x = x + 1"] * 20})
-    events = await events_of("P5", backend, pool, limits=LoopLimits(max_tokens=12, step_tokens=4))
+    events = await events_of("P5", backend, sessions, limits=LoopLimits(max_tokens=12, step_tokens=4))
     final = events[-1]
     assert isinstance(final, FinalAnswer) and final.stop_reason == StopReason.MAX_TOKENS
     assert not any(isinstance(e, ExecutionStarted) for e in events)
     assert final.trace.metadata.usage.completion_tokens == 12
 
 
-async def test_repetition_and_round_limits_stop_the_loop(pool: KernelPool) -> None:
+async def test_repetition_and_round_limits_stop_the_loop(sessions: SessionFactory) -> None:
     same = CELL.format(code="print(1)")
     failing = CELL.format(code="undefined_name")
     backend = ScriptedBackend(
         {"R1": [same, same, "unused"], "R2": [failing, CELL.format(code="undefined_name ")], "R3": [same] * 5}
     )
-    r1 = await solve("R1", backend=backend, sessions=pool.session, preset=TIR)
-    r2 = await solve("R2", backend=backend, sessions=pool.session, preset=TIR)
-    r3 = await solve(
-        "R3", backend=backend, sessions=pool.session, preset=TIR, limits=LoopLimits(max_rounds=0)
-    )
+    r1 = await solve("R1", backend=backend, sessions=sessions, preset=TIR)
+    r2 = await solve("R2", backend=backend, sessions=sessions, preset=TIR)
+    r3 = await solve("R3", backend=backend, sessions=sessions, preset=TIR, limits=LoopLimits(max_rounds=0))
     assert isinstance(r1, FinalAnswer) and r1.stop_reason == StopReason.REPEATED_CELL
     assert r1.trace.metadata.usage.cells == 1
     assert isinstance(r2, FinalAnswer) and r2.stop_reason == StopReason.REPEATED_ERROR
@@ -161,15 +171,15 @@ async def test_repetition_and_round_limits_stop_the_loop(pool: KernelPool) -> No
     )
 
 
-async def test_wall_time_budget_stops_a_slow_model(pool: KernelPool) -> None:
+async def test_wall_time_budget_stops_a_slow_model(sessions: SessionFactory) -> None:
     backend = ScriptedBackend({"W": [Step("thinking", delay_s=30)]})
     final = await solve(
-        "W", backend=backend, sessions=pool.session, preset=TIR, limits=LoopLimits(wall_time_s=0.2)
+        "W", backend=backend, sessions=sessions, preset=TIR, limits=LoopLimits(wall_time_s=0.2)
     )
     assert isinstance(final, FinalAnswer) and final.stop_reason == StopReason.WALL_TIME
 
 
-async def test_output_is_cut_in_model_tokens_and_delimiters_are_defused(pool: KernelPool) -> None:
+async def test_output_is_cut_in_model_tokens_and_delimiters_are_defused(sessions: SessionFactory) -> None:
     backend = ScriptedBackend(
         {
             "T": [
@@ -179,7 +189,7 @@ async def test_output_is_cut_in_model_tokens_and_delimiters_are_defused(pool: Ke
             ]
         }
     )
-    events = await events_of("T", backend, pool, limits=LoopLimits(output_tokens=20))
+    events = await events_of("T", backend, sessions, limits=LoopLimits(output_tokens=20))
     first, second = [e for e in events if isinstance(e, ExecutionFinished)]
     assert backend.count_tokens(first.output) <= 20 and "characters truncated" in first.output
     assert "```" not in second.output and second.output == "`\u200b``"
@@ -189,9 +199,9 @@ async def test_output_is_cut_in_model_tokens_and_delimiters_are_defused(pool: Ke
     assert fmt.parse(fmt.render(final.trace).text) == final.trace.text_view()
 
 
-async def test_a_backend_failure_is_an_error_event_with_the_partial_trace(pool: KernelPool) -> None:
+async def test_a_backend_failure_is_an_error_event_with_the_partial_trace(sessions: SessionFactory) -> None:
     backend = ScriptedBackend({"E": [CELL.format(code="print(5)")]})  # no step 1: the backend fails
-    last = await solve("E", backend=backend, sessions=pool.session, preset=TIR)
+    last = await solve("E", backend=backend, sessions=sessions, preset=TIR)
     assert isinstance(last, ErrorEvent) and "has no step 1" in last.message
     assert last.trace is not None and last.trace.metadata.usage.cells == 1
 
