@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+import platform
 import socket
 import struct
 
@@ -34,8 +35,9 @@ PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 
-_SYS_PIVOT_ROOT = 155  # x86_64
-_SYS_CAPSET = 126
+_SYSCALLS = {"x86_64": (155, 126), "aarch64": (41, 90)}  # (pivot_root, capset): glibc wraps neither
+SUPPORTED = platform.machine() in _SYSCALLS
+_SYS_PIVOT_ROOT, _SYS_CAPSET = _SYSCALLS.get(platform.machine(), (-1, -1))
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1

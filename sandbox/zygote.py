@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import platform
 import shutil
 import signal
 import sys
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox import cgroup
+from sandbox import cgroup, nsutil
 from sandbox.errors import SandboxError
 from sandbox.launcher import KernelProcess, KernelSpec
 from sandbox.local import LocalLauncher, death_note, kernel_env, log_tail
@@ -320,6 +321,10 @@ class ZygoteLauncher:
             await replacing.close()
         s = self.settings
         bwrap = s.isolation == "bwrap"
+        if bwrap and not nsutil.SUPPORTED:
+            raise ZygoteError(
+                f"forked kernels know the system calls of x86_64 and aarch64, not {platform.machine()}"
+            )
         if bwrap and not self.cold.privileged:
             raise ZygoteError(
                 "forked kernels with isolation='bwrap' need root (namespaces and uids); cold starts"

@@ -15,6 +15,7 @@ import ctypes
 import json
 import logging
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -42,7 +43,7 @@ SETTINGS = SandboxSettings(
 UIDS = range(SETTINGS.uid_base, SETTINGS.uid_base + SETTINGS.max_kernels)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-_SYS_KCMP = 312  # x86_64
+_SYS_KCMP = {"x86_64": 312, "aarch64": 272}.get(platform.machine(), -1)
 _KCMP_FILE = 0
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
