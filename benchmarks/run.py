@@ -2,9 +2,9 @@
 
 Owns: solving problems with the agent loop (``solve_problems``: k samples per problem, bounded
 concurrency over all trajectories, grading off the event loop, majority vote, pass@k) and
-``run_benchmark``, which writes the records into a resumable ``benchmarks.run_folder.RunFolder``
-(``config.json`` + ``records.jsonl``) with a live progress bar.  ``benchmarks.ray_run`` reuses ``solve_problems`` and
-``RunFolder`` to shard a run across Ray workers.
+``run_benchmark``, which writes the records into a resumable ``runtime.batch.folder.RunFolder``
+(``config.json`` + ``records.jsonl``) with a live progress bar through ``runtime.batch.drive.drive_local``;
+``benchmarks.ray_run`` shards the same through ``drive_ray``.
 """
 
 from __future__ import annotations
@@ -12,16 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from benchmarks.records import Problem, ProblemRecord, RunConfig, SampleRecord
-from benchmarks.run_folder import RunError, RunFolder
 from benchmarks.settings import BenchmarkSettings
 from runtime.backends.base import Backend, SamplingParams
+from runtime.batch.drive import drive_local
+from runtime.batch.folder import RunError, RunFolder
 from runtime.consistency import majority_vote
 from runtime.events import ErrorEvent, FinalAnswer
 from runtime.grading import is_equivalent
@@ -36,7 +37,7 @@ __all__ = [
     "RunFolder",
     "RunSummary",
     "benchmark_folder",
-    "check_problems",
+    "live_progress",
     "run_benchmark",
     "solve_problems",
     "summarize",
@@ -134,17 +135,6 @@ async def solve_problems(
 # ------------------------------------------------------------------------------------------- the run
 
 
-def check_problems(problems: Sequence[Problem], done: Mapping[str, object], out_dir: Path) -> None:
-    ids = [p.id for p in problems]
-    if len(set(ids)) != len(ids):
-        raise RunError("the problems have duplicate ids; give each problem a unique id")
-    stray = sorted(set(done) - set(ids))
-    if stray:
-        raise RunError(
-            f"{out_dir} has records for problems not in this run (e.g. {stray[0]!r}); the data changed"
-        )
-
-
 def summarize(
     records: Sequence[ProblemRecord], out_dir: Path, *, resumed: int, wall_time_s: float
 ) -> RunSummary:
@@ -203,16 +193,14 @@ async def run_benchmark(
 ) -> RunSummary:
     """Solve ``problems`` into ``out_dir``, skipping those a previous run of the same config finished."""
     start = time.monotonic()
-    folder = benchmark_folder(out_dir)
-    done = folder.prepare(config)
-    check_problems(problems, done, out_dir)
-    resumed = len(done)
-    todo = [p for p in problems if p.id not in done]
-    with LiveProgress(len(problems), resumed, sum(r.correct for r in done.values()), progress) as bar:
-        async for record in solve_problems(todo, config, backend=backend, sessions=sessions):
-            await asyncio.to_thread(folder.append, record)
-            done[record.id] = record
-            bar.update(record)
-    records = [done[p.id] for p in problems]
-    await asyncio.to_thread(folder.finalize, records)
-    return summarize(records, out_dir, resumed=resumed, wall_time_s=time.monotonic() - start)
+
+    def solved(todo: list[Problem]) -> AsyncIterator[ProblemRecord]:
+        return solve_problems(todo, config, backend=backend, sessions=sessions)
+
+    driven = await drive_local(benchmark_folder(out_dir), config, problems, solved, live_progress(progress))
+    return summarize(driven.records, out_dir, resumed=driven.resumed, wall_time_s=time.monotonic() - start)
+
+
+def live_progress(enabled: bool) -> Callable[[int, list[ProblemRecord]], LiveProgress]:
+    """The progress factory of the drivers: a ``LiveProgress`` counting the records already done."""
+    return lambda total, done: LiveProgress(total, len(done), sum(r.correct for r in done), enabled)

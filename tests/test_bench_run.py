@@ -290,7 +290,7 @@ def test_bench_cli_with_the_default_model_on_two_gsm8k_problems(
 
 def test_ray_gives_each_model_replica_its_own_gpu() -> None:
     ray = pytest.importorskip("ray")
-    from benchmarks.ray_run import start_actors
+    from runtime.batch.drive import start_actors
 
     class _Placed:  # defined here so that Ray ships it by value (workers cannot import tests/)
         def __init__(self, index: int) -> None:

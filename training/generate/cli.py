@@ -72,8 +72,8 @@ def generate(
 ) -> None:  # fmt: skip
     """Generate training data: seeds in, validated code-interleaved traces out (resumable)."""
     from benchmarks.datasets import DatasetError, load_jsonl, load_problems
-    from benchmarks.run_folder import RunError
     from runtime.backends.factory import BackendChoiceError, BackendSpec
+    from runtime.batch.folder import RunError
     from sandbox.errors import SandboxError
     from sandbox.pool import KernelPool
     from sandbox.settings import SandboxSettings

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_io import environment
-from benchmarks.run_folder import write_atomic, write_jsonl
+from runtime.batch.folder import write_atomic, write_jsonl
 from training.generate.dedupe import NEAR_THRESHOLD, ContaminationIndex, DedupeStats, dedupe
 from training.generate.records import GenerateConfig, GenRecord, SeedOutcome
 from training.generate.sft_view import DEFAULT_PRESET, to_sft

@@ -1,8 +1,8 @@
 """Running a generation mode over seed problems: resumable, bounded, with progress, or on Ray.
 
 Owns ``run_generation``: seeds in, one ``SeedOutcome`` per seed appended (fsynced) to the run
-folder's ``outcomes.jsonl`` as each finishes — the same ``RunFolder`` contract, ``solve_all``
-scheduler and Ray dispatch as the benchmark harness — then the data set files written from all
+folder's ``outcomes.jsonl`` as each finishes — through the drivers the benchmark harness uses too
+(``runtime.batch.drive``: ``drive_local``, ``drive_ray``) — then the data set files written from all
 outcomes (``training.generate.dataset``).  A killed run re-run with the same options skips the
 seeds it finished.  The ``concept-graph`` mode runs in two phases, each resumable: concept
 extraction over the seeds (``concepts/``), then question synthesis over random-walk samples.
@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks.ray_run import dispatch, import_ray, start_actors, worker_sandbox
 from benchmarks.records import Problem
-from benchmarks.run import check_problems
-from benchmarks.run_folder import RunFolder
 from runtime.backends.base import Backend
 from runtime.backends.factory import BackendSpec
+from runtime.batch.drive import drive_local, drive_ray
+from runtime.batch.folder import RunFolder
 from runtime.loop import SessionFactory
 from runtime.scheduler import solve_all
 from sandbox.pool import KernelPool
@@ -107,21 +105,18 @@ async def map_seeds(
 ) -> list[R]:
     """``fn`` over ``seeds`` into ``folder`` (resuming it), at most ``concurrency`` at once; the
     results in seed order."""
-    done = folder.prepare(config)
-    check_problems(seeds, done, folder.out_dir)
-    todo = [s for s in seeds if s.id not in done]
-    with GenProgress(label, len(seeds), list(done.values()), progress) as bar:
 
+    async def results(todo: list[Problem]) -> AsyncIterator[R]:
         async def one(index: int, _: str) -> R:
             return await fn(todo[index])
 
         async for _, result in solve_all([s.id for s in todo], one, concurrency=concurrency):
-            await asyncio.to_thread(folder.append, result)
-            done[getattr(result, "id")] = result  # noqa: B009 - records are pydantic models with an id
-            bar.update(result)
-    ordered = [done[s.id] for s in seeds]
-    await asyncio.to_thread(folder.finalize, ordered)
-    return ordered
+            yield result
+
+    def bar(total: int, done: list[R]) -> GenProgress:
+        return GenProgress(label, total, done, progress)
+
+    return (await drive_local(folder, config, seeds, results, bar)).records
 
 
 def outcome_folder(out_dir: Path) -> RunFolder[GenerateConfig, SeedOutcome]:
@@ -249,33 +244,13 @@ def run_generation_ray(
     (``concept-graph`` needs the whole graph in one place: run it without Ray.)"""
     if config.mode == "concept-graph":
         raise ValueError("concept-graph runs in one process (its graph spans all seeds); leave out --ray")
-    ray = import_ray()
-    if not ray.is_initialized():
-        ray.init(address=None if address == "local" else address, include_dashboard=False)
     start = time.monotonic()
-    folder = outcome_folder(out_dir)
-    done = folder.prepare(config)
-    check_problems(seeds, done, out_dir)
-    todo = [s for s in seeds if s.id not in done]
-    fresh = {s.id for s in todo}
-    size = max(1, config.concurrency)
-    chunks = deque([s.model_dump(mode="json") for s in todo[i : i + size]] for i in range(0, len(todo), size))
-    base = sandbox or SandboxSettings()
-    actors = start_actors(
-        ray, GenWorker, backend, workers, len(chunks),
-        lambda i: (backend, config.model_dump(), worker_sandbox(base, i, size).model_dump(mode="json")),
+    driven = drive_ray(
+        outcome_folder(out_dir), config, seeds, worker=GenWorker, backend=backend, chunk_size=config.concurrency,
+        progress=lambda total, done: GenProgress(config.mode, total, done, progress), address=address,
+        workers=workers, sandbox=sandbox,
     )  # fmt: skip
-    with GenProgress(config.mode, len(seeds), list(done.values()), progress) as bar:
-
-        def handle(raw: dict[str, Any]) -> None:
-            outcome = SeedOutcome.model_validate(raw)
-            folder.append(outcome)
-            done[outcome.id] = outcome
-            bar.update(outcome)
-
-        dispatch(ray, actors, chunks, handle)
-    outcomes = [done[s.id] for s in seeds]
-    folder.finalize(outcomes)
+    outcomes, fresh = driven.records, driven.fresh
     return write_dataset(
         out_dir, config, outcomes, wall_time_s=time.monotonic() - start, merge_with=merge_with,
         contamination=contamination, sft_preset=sft_preset, fresh=fresh,
