@@ -68,10 +68,20 @@ def grade(
 @options_from(
     RunConfig,
     fields=[
-        "split", "model", "backend", "preset", "limit", "samples", "seed", "concurrency", "max_rounds",
-        "max_tokens", "question_field", "answer_field",
+        "split",
+        "model",
+        "backend",
+        "preset",
+        "limit",
+        "samples",
+        "seed",
+        "concurrency",
+        "max_rounds",
+        "max_tokens",
+        "question_field",
+        "answer_field",
     ],
-)  # fmt: skip
+)
 def bench(
     ctx: typer.Context,
     out: Annotated[
@@ -150,9 +160,13 @@ def bench(
         try:
             async with KernelPool(sandbox) as pool:
                 return await run_benchmark(
-                    config, problems, backend=model_backend, sessions=pool.session, out_dir=out,
+                    config,
+                    problems,
+                    backend=model_backend,
+                    sessions=pool.session,
+                    out_dir=out,
                     progress=progress,
-                )  # fmt: skip
+                )
         finally:
             await model_backend.aclose()
 
@@ -176,9 +190,14 @@ def bench(
     for column in ("accuracy", f"pass@{samples}", "correct", "errors", "tool calls", "tokens", "wall s"):
         table.add_column(column, justify="right")
     table.add_row(
-        f"{summary.accuracy:.2%}", f"{summary.pass_at_k_rate:.2%}", f"{summary.correct}/{summary.problems}",
-        str(summary.errors), str(summary.tool_calls), str(summary.completion_tokens), f"{summary.wall_time_s:.1f}",
-    )  # fmt: skip
+        f"{summary.accuracy:.2%}",
+        f"{summary.pass_at_k_rate:.2%}",
+        f"{summary.correct}/{summary.problems}",
+        str(summary.errors),
+        str(summary.tool_calls),
+        str(summary.completion_tokens),
+        f"{summary.wall_time_s:.1f}",
+    )
     Console(stderr=True).print(table)
     from benchmarks.summary import write_report
 

@@ -56,11 +56,19 @@ class DatasetSpec:
 REGISTRY: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
-        DatasetSpec("gsm8k", ("test", "train"), "Grade-school math word problems",
-                    HubSource("openai/gsm8k", "main", convert=_gsm8k_answer)),
+        DatasetSpec(
+            "gsm8k",
+            ("test", "train"),
+            "Grade-school math word problems",
+            HubSource("openai/gsm8k", "main", convert=_gsm8k_answer),
+        ),
         DatasetSpec("math", ("test", "train"), "Hendrycks MATH (meta: level, type)"),
-        DatasetSpec("math500", ("test",), "PRM800K's 500-problem MATH subset (meta: level, subject)",
-                    HubSource("HuggingFaceH4/MATH-500", question="problem")),
+        DatasetSpec(
+            "math500",
+            ("test",),
+            "PRM800K's 500-problem MATH subset (meta: level, subject)",
+            HubSource("HuggingFaceH4/MATH-500", question="problem"),
+        ),
         DatasetSpec("mawps", ("test",), "MAWPS, all four subsets (meta: subset)"),
         DatasetSpec("addsub", ("test",), "MAWPS AddSub"),
         DatasetSpec("multiarith", ("test",), "MAWPS MultiArith"),
@@ -74,14 +82,18 @@ REGISTRY: dict[str, DatasetSpec] = {
         DatasetSpec("college_math", ("test", "train"), "MWPBench CollegeMath"),
         DatasetSpec("gaokaobench_math", ("test",), "MWPBench GaokaoBench-Math"),
         DatasetSpec("fresh_gaokao_math_2023", ("test",), "MWPBench Fresh-GaokaoMath-2023"),
-        DatasetSpec("aime24", ("test",), "AIME 2024",
-                    HubSource("HuggingFaceH4/aime_2024", question="problem", splits={"test": "train"})),
+        DatasetSpec(
+            "aime24",
+            ("test",),
+            "AIME 2024",
+            HubSource("HuggingFaceH4/aime_2024", question="problem", splits={"test": "train"}),
+        ),
         DatasetSpec("amc23", ("test",), "AMC 2023", HubSource("math-ai/amc23")),
         DatasetSpec("aqua", ("test",), "AQuA-RAT (multiple choice; answer = option letter)"),
         DatasetSpec("minerva_math", ("test",), "Minerva MATH subset (meta: type)"),
         DatasetSpec("olympiadbench", ("test",), "OlympiadBench OE_TO_maths_en_COMP"),
     )
-}  # fmt: skip
+}
 
 
 def _as_text(value: Any, what: str, where: str) -> str:
@@ -94,9 +106,16 @@ def _as_text(value: Any, what: str, where: str) -> str:
 
 def _rows_to_problems(
     rows: Iterable[tuple[int, dict[str, Any]]],
-    *, dataset: str, split: str, question_field: str, answer_field: str, id_field: str | None,
-    where: str, limit: int | None, keep_solution: bool = False,
-) -> list[Problem]:  # fmt: skip
+    *,
+    dataset: str,
+    split: str,
+    question_field: str,
+    answer_field: str,
+    id_field: str | None,
+    where: str,
+    limit: int | None,
+    keep_solution: bool = False,
+) -> list[Problem]:
     problems: list[Problem] = []
     dropped = set() if keep_solution else DROPPED_FIELDS
     used = {question_field, answer_field, *([id_field] if id_field else []), *dropped}
@@ -154,9 +173,16 @@ def load_jsonl(
     if not path.is_file():
         raise DatasetError(f"data file not found: {path}")
     return _rows_to_problems(
-        _read_jsonl(path), dataset=dataset or path.stem, split=split, question_field=question_field,
-        answer_field=answer_field, id_field=id_field, where=str(path), limit=limit, keep_solution=keep_solution,
-    )  # fmt: skip
+        _read_jsonl(path),
+        dataset=dataset or path.stem,
+        split=split,
+        question_field=question_field,
+        answer_field=answer_field,
+        id_field=id_field,
+        where=str(path),
+        limit=limit,
+        keep_solution=keep_solution,
+    )
 
 
 def _from_hub(spec: DatasetSpec, split: str, data_dir: Path, limit: int | None) -> list[Problem]:
@@ -184,9 +210,15 @@ def _from_hub(spec: DatasetSpec, split: str, data_dir: Path, limit: int | None) 
         for i, row in enumerate(rows)
     )
     return _rows_to_problems(
-        converted, dataset=spec.name, split=split, question_field=hub.question, answer_field=hub.answer,
-        id_field=None, where=hub.path, limit=limit,
-    )  # fmt: skip
+        converted,
+        dataset=spec.name,
+        split=split,
+        question_field=hub.question,
+        answer_field=hub.answer,
+        id_field=None,
+        where=hub.path,
+        limit=limit,
+    )
 
 
 def load_problems(
@@ -215,6 +247,13 @@ def load_problems(
     if not path.is_file():
         return _from_hub(spec, split, data_dir, limit)
     return _rows_to_problems(
-        _read_jsonl(path), dataset=name, split=split, question_field="question", answer_field="answer",
-        id_field="id", where=str(path), limit=limit, keep_solution=keep_solution,
-    )  # fmt: skip
+        _read_jsonl(path),
+        dataset=name,
+        split=split,
+        question_field="question",
+        answer_field="answer",
+        id_field="id",
+        where=str(path),
+        limit=limit,
+        keep_solution=keep_solution,
+    )

@@ -80,8 +80,15 @@ def run_benchmark_ray(
     """``run_benchmark`` on Ray workers (``runtime.batch.drive.drive_ray``: ``address``, ``workers``)."""
     start = time.monotonic()
     driven = drive_ray(
-        benchmark_folder(out_dir), config, problems, worker=ShardWorker, backend=backend,
-        chunk_size=config.concurrency, progress=live_progress(progress), address=address, workers=workers,
+        benchmark_folder(out_dir),
+        config,
+        problems,
+        worker=ShardWorker,
+        backend=backend,
+        chunk_size=config.concurrency,
+        progress=live_progress(progress),
+        address=address,
+        workers=workers,
         sandbox=sandbox,
-    )  # fmt: skip
+    )
     return summarize(driven.records, out_dir, resumed=driven.resumed, wall_time_s=time.monotonic() - start)

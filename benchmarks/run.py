@@ -100,10 +100,15 @@ async def solve_problems(
         last: FinalAnswer | ErrorEvent | None = None
         async with limiter if limiter is not None else contextlib.nullcontext():
             async for event in run_trajectory(
-                problem.question, backend=backend, sessions=sessions, preset=preset, limits=limits,
-                sampling=SamplingParams(temperature=config.temperature, seed=config.seed + j), model=config.model,
+                problem.question,
+                backend=backend,
+                sessions=sessions,
+                preset=preset,
+                limits=limits,
+                sampling=SamplingParams(temperature=config.temperature, seed=config.seed + j),
+                model=config.model,
                 source={"dataset": problem.dataset, "split": problem.split, "id": problem.id, "sample": j},
-            ):  # fmt: skip
+            ):
                 if isinstance(event, FinalAnswer | ErrorEvent):
                     last = event
         assert last is not None
@@ -124,12 +129,18 @@ async def solve_problems(
         vote = await asyncio.to_thread(majority_vote, [s.answer for s in ordered], equal)
         problem = problems[p]
         yield ProblemRecord(
-            id=problem.id, dataset=problem.dataset, split=problem.split, question=problem.question,
-            reference=problem.answer, meta=problem.meta, answer=vote.answer,
+            id=problem.id,
+            dataset=problem.dataset,
+            split=problem.split,
+            question=problem.question,
+            reference=problem.answer,
+            meta=problem.meta,
+            answer=vote.answer,
             correct=any(s.correct for s in ordered if s.answer == vote.answer),
-            pass_at_k=any(s.correct for s in ordered), samples=ordered,
+            pass_at_k=any(s.correct for s in ordered),
+            samples=ordered,
             wall_time_s=round(time.monotonic() - started.pop(p), 3),
-        )  # fmt: skip
+        )
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -143,13 +154,18 @@ def summarize(
     passed = sum(r.pass_at_k for r in records)
     traces = [s.trace for r in records for s in r.samples if s.trace is not None]
     return RunSummary(
-        out_dir=str(out_dir), problems=n, resumed=resumed, correct=correct, pass_at_k=passed,
-        accuracy=correct / n if n else 0.0, pass_at_k_rate=passed / n if n else 0.0,
+        out_dir=str(out_dir),
+        problems=n,
+        resumed=resumed,
+        correct=correct,
+        pass_at_k=passed,
+        accuracy=correct / n if n else 0.0,
+        pass_at_k_rate=passed / n if n else 0.0,
         errors=sum(s.error is not None for r in records for s in r.samples),
         tool_calls=sum(t.metadata.usage.cells for t in traces),
         completion_tokens=sum(t.metadata.usage.completion_tokens for t in traces),
         wall_time_s=round(wall_time_s, 3),
-    )  # fmt: skip
+    )
 
 
 class LiveProgress:
@@ -159,9 +175,14 @@ class LiveProgress:
         self.correct, self.done, self.new, self.tokens = correct, done, 0, 0
         self.start = time.monotonic()
         self.bar = Progress(
-            TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(), disable=not enabled, transient=False,
-        )  # fmt: skip
+            TextColumn("[bold]bench"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            disable=not enabled,
+            transient=False,
+        )
         self.task = self.bar.add_task("bench", total=total, completed=done, stats=self._stats())
 
     def _stats(self) -> str:

@@ -79,9 +79,13 @@ def solve(
                     sampling = SamplingParams(temperature=temp, seed=i if temp > 0 else None)
                     last: FinalAnswer | ErrorEvent | None = None
                     async for event in run_trajectory(
-                        question, backend=model_backend, sessions=pool.session, preset=chosen,
-                        limits=limits, sampling=sampling,
-                    ):  # fmt: skip
+                        question,
+                        backend=model_backend,
+                        sessions=pool.session,
+                        preset=chosen,
+                        limits=limits,
+                        sampling=sampling,
+                    ):
                         if samples == 1 and not as_json:
                             show(console, event)
                         if isinstance(event, FinalAnswer | ErrorEvent):

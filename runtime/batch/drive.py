@@ -143,9 +143,13 @@ def drive_ray(
     )
     base = sandbox or SandboxSettings()
     actors = start_actors(
-        ray, worker, backend, workers, len(chunks),
+        ray,
+        worker,
+        backend,
+        workers,
+        len(chunks),
         lambda i: (backend, config.model_dump(), worker_sandbox(base, i, size).model_dump(mode="json")),
-    )  # fmt: skip
+    )
     with progress(len(items), list(done.values())) as bar:
 
         def handle(raw: dict[str, Any]) -> None:

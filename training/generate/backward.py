@@ -317,9 +317,14 @@ def check_statement(
 
 
 def _trace(
-    problem: str, blocks: list[Block], cells: list[CellProvenance], seed: Problem, kind: str, answer: str,
+    problem: str,
+    blocks: list[Block],
+    cells: list[CellProvenance],
+    seed: Problem,
+    kind: str,
+    answer: str,
     timings: dict[str, float],
-) -> Trace:  # fmt: skip
+) -> Trace:
     return Trace(
         problem=problem,
         blocks=blocks,
@@ -369,9 +374,16 @@ async def generate(seed: Problem, ctx: GenContext) -> SeedOutcome:
         )
 
     def record(kind: str, n: int, question: str, trace: Trace, mention: Mention, **extra: object) -> None:
-        provenance = {"kind": kind, "masked": mention.text, "original_answer": seed.answer,
-                      "original_question": seed.question, "dataset": seed.dataset, "split": seed.split,
-                      "run_seed": cfg.seed, **extra}  # fmt: skip
+        provenance = {
+            "kind": kind,
+            "masked": mention.text,
+            "original_answer": seed.answer,
+            "original_question": seed.question,
+            "dataset": seed.dataset,
+            "split": seed.split,
+            "run_seed": cfg.seed,
+            **extra,
+        }
         outcome.records.append(
             GenRecord(
                 id=f"{seed.id}/{kind}/{n}",
@@ -422,9 +434,12 @@ async def generate(seed: Problem, ctx: GenContext) -> SeedOutcome:
             )
             try:
                 statement = check_statement(
-                    reply, masked_question=masked, original_question=seed.question, mention=mention,
+                    reply,
+                    masked_question=masked,
+                    original_question=seed.question,
+                    mention=mention,
                     answer=forward.answer,
-                )  # fmt: skip
+                )
             except BackwardRejected as exc:
                 reject("sv", exc, mention)
                 continue

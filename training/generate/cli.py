@@ -48,28 +48,55 @@ def _id_field(path: Path) -> str | None:
 @options_from(
     GenerateConfig,
     fields=[
-        "dataset", "split", "limit", "seed", "keep_per_seed", "variants", "backend", "model", "base_url",
-        "preset", "max_rounds", "max_tokens", "concurrency",
+        "dataset",
+        "split",
+        "limit",
+        "seed",
+        "keep_per_seed",
+        "variants",
+        "backend",
+        "model",
+        "base_url",
+        "preset",
+        "max_rounds",
+        "max_tokens",
+        "concurrency",
     ],
-)  # fmt: skip
+)
 def generate(
     mode: Annotated[str, typer.Argument(help=f"The generation mode. {_MODES_HELP}.")],
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/generate/<mode>).")] = None,
     data: Annotated[Path | None, typer.Option(help="Seed problems from this JSONL instead.")] = None,
     samples: Annotated[int, typer.Option(min=1, help="Trajectories per question (teacher modes).")] = 4,
-    temperature: Annotated[float | None, typer.Option(min=0.0, help="Default 0.7 with samples > 1, else 0.")] = None,
-    self_verification: Annotated[bool, typer.Option(help="backward: also self-verification questions (needs --backend).")] = False,
-    min_agreement: Annotated[float, typer.Option(min=0.0, max=1.0, help="concept-graph: share of samples that must agree.")] = 0.5,
-    merge_with: Annotated[list[Path] | None, typer.Option(help="Data set folders to merge into this one (self-train).")] = None,
-    decontaminate: Annotated[str, typer.Option(help="Drop questions sharing a 13-gram with these test sets ('' for none).")] = "gsm8k:test,math:test",
-    sft_preset: Annotated[str, typer.Option(help="Preset whose system prompt the SFT view renders.")] = "tir-sft",
-    ray: Annotated[str | None, typer.Option(help="Shard over Ray workers: a cluster address, 'auto' or 'local'.")] = None,
+    temperature: Annotated[
+        float | None, typer.Option(min=0.0, help="Default 0.7 with samples > 1, else 0.")
+    ] = None,
+    self_verification: Annotated[
+        bool, typer.Option(help="backward: also self-verification questions (needs --backend).")
+    ] = False,
+    min_agreement: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="concept-graph: share of samples that must agree.")
+    ] = 0.5,
+    merge_with: Annotated[
+        list[Path] | None, typer.Option(help="Data set folders to merge into this one (self-train).")
+    ] = None,
+    decontaminate: Annotated[
+        str, typer.Option(help="Drop questions sharing a 13-gram with these test sets ('' for none).")
+    ] = "gsm8k:test,math:test",
+    sft_preset: Annotated[
+        str, typer.Option(help="Preset whose system prompt the SFT view renders.")
+    ] = "tir-sft",
+    ray: Annotated[
+        str | None, typer.Option(help="Shard over Ray workers: a cluster address, 'auto' or 'local'.")
+    ] = None,
     ray_workers: Annotated[int | None, typer.Option(min=1, help="Ray actors (default: one per CPU).")] = None,
-    script: Annotated[Path | None, typer.Option(hidden=True, help="Replay script of --backend scripted.")] = None,
+    script: Annotated[
+        Path | None, typer.Option(hidden=True, help="Replay script of --backend scripted.")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a live progress bar.")] = True,
     *,
     given: dict[str, Any],
-) -> None:  # fmt: skip
+) -> None:
     """Generate training data: seeds in, validated code-interleaved traces out (resumable)."""
     from benchmarks.datasets import DatasetError, load_jsonl, load_problems
     from runtime.backends.factory import BackendChoiceError, BackendSpec
@@ -129,9 +156,16 @@ def generate(
         try:
             async with KernelPool(sandbox) as pool:
                 return await run_generation(
-                    config, seeds, sessions=pool.session, backend=teacher, out_dir=out, progress=progress,
-                    merge_with=merge, contamination=contamination, sft_preset=sft_preset,
-                )  # fmt: skip
+                    config,
+                    seeds,
+                    sessions=pool.session,
+                    backend=teacher,
+                    out_dir=out,
+                    progress=progress,
+                    merge_with=merge,
+                    contamination=contamination,
+                    sft_preset=sft_preset,
+                )
         finally:
             if teacher is not None:
                 await teacher.aclose()
@@ -139,9 +173,17 @@ def generate(
     try:
         if ray is not None:
             card = run_generation_ray(
-                config, seeds, backend=spec, out_dir=out, address=ray, workers=ray_workers, progress=progress,
-                merge_with=merge, contamination=contamination, sft_preset=sft_preset,
-            )  # fmt: skip
+                config,
+                seeds,
+                backend=spec,
+                out_dir=out,
+                address=ray,
+                workers=ray_workers,
+                progress=progress,
+                merge_with=merge,
+                contamination=contamination,
+                sft_preset=sft_preset,
+            )
         else:
             card = asyncio.run(single())
     except (RunError, SandboxError, TeacherRequired, RuntimeError, ValueError, KeyError) as exc:

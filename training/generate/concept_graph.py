@@ -394,9 +394,13 @@ async def generate(walk: Problem, ctx: GenContext) -> SeedOutcome:
     assert majority is not None
     in_majority = set(winner)
     provenance: dict[str, Any] = {
-        "topics": topics, "knowledge_points": points, "agreement": m / k, "teacher": teacher_label(ctx),
-        "temperature": cfg.temperature, "run_seed": cfg.seed,
-    }  # fmt: skip
+        "topics": topics,
+        "knowledge_points": points,
+        "agreement": m / k,
+        "teacher": teacher_label(ctx),
+        "temperature": cfg.temperature,
+        "run_seed": cfg.seed,
+    }
     for j, sample in enumerate(samples):
         label = f"{walk.id}#{j}"
         minority = (
@@ -407,9 +411,14 @@ async def generate(walk: Problem, ctx: GenContext) -> SeedOutcome:
 
         def record(trace: Trace, j: int = j) -> GenRecord:
             return GenRecord(
-                id=f"{walk.id}/{j}", seed_id=walk.id, mode=MODE, question=question, answer=majority,
-                trace=trace, provenance={**provenance, "sample": j},
-            )  # fmt: skip
+                id=f"{walk.id}/{j}",
+                seed_id=walk.id,
+                mode=MODE,
+                question=question,
+                answer=majority,
+                trace=trace,
+                provenance={**provenance, "sample": j},
+            )
 
         keeper.offer(label, sample, minority, record)
     return keeper.outcome()

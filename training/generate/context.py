@@ -79,11 +79,18 @@ class GenContext:
         through the benchmark harness's solver (same loop, limits and grading)."""
         cfg = self.config
         run = RunConfig(
-            dataset=problem.dataset, split=problem.split, model=cfg.model, backend=cfg.backend or "",
-            preset=cfg.preset, samples=samples or cfg.samples, temperature=cfg.temperature,
-            concurrency=cfg.concurrency, max_rounds=cfg.max_rounds, max_tokens=cfg.max_tokens,
+            dataset=problem.dataset,
+            split=problem.split,
+            model=cfg.model,
+            backend=cfg.backend or "",
+            preset=cfg.preset,
+            samples=samples or cfg.samples,
+            temperature=cfg.temperature,
+            concurrency=cfg.concurrency,
+            max_rounds=cfg.max_rounds,
+            max_tokens=cfg.max_tokens,
             seed=self.sampling_seed("trajectory", problem.id),
-        )  # fmt: skip
+        )
         async for record in solve_problems(
             [problem], run, backend=self.teacher, sessions=self.sessions, limiter=self.limiter
         ):

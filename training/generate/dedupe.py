@@ -29,8 +29,11 @@ def normalize(text: str) -> str:
 
 def solution_text(trace: Trace) -> str:
     """The model-written part of a trace (text and code; outputs follow from the code)."""
-    return "\n".join(b.text if isinstance(b, TextBlock) else b.code for b in trace.blocks
-                     if isinstance(b, TextBlock | CodeBlock))  # fmt: skip
+    return "\n".join(
+        b.text if isinstance(b, TextBlock) else b.code
+        for b in trace.blocks
+        if isinstance(b, TextBlock | CodeBlock)
+    )
 
 
 def shingles(text: str, n: int = 3) -> frozenset[str]:

@@ -26,8 +26,27 @@ MAX_EXPONENT = 64
 # "3 million", "three hundred": the stated value is not the number's.
 _SCALE_AFTER = r"(?!\s+(?:hundred|thousand|million|billion)\b)"
 _MENTION = re.compile(rf"(?<![\w.])(\d{{1,3}}(?:,\d{{3}})+|\d+(?:\.\d+)?|\.\d+)(?![\w]|[.,]\d){_SCALE_AFTER}")
-_TEENS = ("two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen",
-          "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty")  # fmt: skip
+_TEENS = (
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+)
 _TENS = {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
 _WORD_VALUES = dict(zip(_TEENS, range(2, 21), strict=True)) | _TENS
 # "one" is left out: it is as often a pronoun ("each one") as a count.  Hyphenated words are left
@@ -45,10 +64,16 @@ _IMPLIED = (
 )
 # Unit conversions: both units named means the factor may be in the computation.
 _CONVERSIONS = (
-    (60, "hours?", "minutes?"), (60, "minutes?", "seconds?"), (24, "days?", "hours?"), (7, "weeks?", "days?"),
-    (52, "weeks?", "years?"), (12, "months?", "years?"), (12, "foot|feet", "inch(?:es)?"),
-    (365, "years?", "days?"), (1000, "kilo\\w+", "(?:grams?|meters?)"),
-)  # fmt: skip
+    (60, "hours?", "minutes?"),
+    (60, "minutes?", "seconds?"),
+    (24, "days?", "hours?"),
+    (7, "weeks?", "days?"),
+    (52, "weeks?", "years?"),
+    (12, "months?", "years?"),
+    (12, "foot|feet", "inch(?:es)?"),
+    (365, "years?", "days?"),
+    (1000, "kilo\\w+", "(?:grams?|meters?)"),
+)
 _PERCENT_AFTER = re.compile(r"\s*(?:%|percent\b)")
 
 

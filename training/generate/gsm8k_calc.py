@@ -366,14 +366,21 @@ async def generate(seed: Problem, ctx: GenContext) -> SeedOutcome:
     if isinstance(built, Rejection):
         return SeedOutcome(id=seed.id, rejections=[built], candidates=1, wall_time_s=time.monotonic() - t0)
     record = GenRecord(
-        id=f"{seed.id}/{MODE}/0", seed_id=seed.id, mode=MODE, question=seed.question, answer=seed.answer,
+        id=f"{seed.id}/{MODE}/0",
+        seed_id=seed.id,
+        mode=MODE,
+        question=seed.question,
+        answer=seed.answer,
         trace=built.trace,
         provenance={"dataset": seed.dataset, "split": seed.split, "repairs": list(built.repairs)},
-    )  # fmt: skip
+    )
     return SeedOutcome(
-        id=seed.id, records=[record], candidates=1, repaired=int(bool(built.repairs)),
+        id=seed.id,
+        records=[record],
+        candidates=1,
+        repaired=int(bool(built.repairs)),
         wall_time_s=time.monotonic() - t0,
-    )  # fmt: skip
+    )
 
 
 async def generate_text(seed: Problem, ctx: GenContext) -> SeedOutcome:
@@ -382,19 +389,33 @@ async def generate_text(seed: Problem, ctx: GenContext) -> SeedOutcome:
     row = _row(seed)
     answer = final_answer(str(row["solution"]))
     if not is_equivalent(answer, seed.answer):
-        rejection = Rejection(seed_id=seed.id, mode="gsm8k-text", reason="final answer mismatch",
-                              detail=f"#### {answer!r} vs reference {seed.answer!r}")  # fmt: skip
+        rejection = Rejection(
+            seed_id=seed.id,
+            mode="gsm8k-text",
+            reason="final answer mismatch",
+            detail=f"#### {answer!r} vs reference {seed.answer!r}",
+        )
         return SeedOutcome(id=seed.id, rejections=[rejection], candidates=1)
     text = f"{text_only(row['solution'])}\nThe answer is \\boxed{{{answer}}}."
     trace = Trace(
-        problem=seed.question, blocks=[TextBlock(text=text)], final_answer=answer,
-        metadata=TraceMetadata(source={"dataset": seed.dataset, "split": seed.split, "id": seed.id},
-                               format="markdown", stop_reason="eos"),
-    )  # fmt: skip
+        problem=seed.question,
+        blocks=[TextBlock(text=text)],
+        final_answer=answer,
+        metadata=TraceMetadata(
+            source={"dataset": seed.dataset, "split": seed.split, "id": seed.id},
+            format="markdown",
+            stop_reason="eos",
+        ),
+    )
     record = GenRecord(
-        id=f"{seed.id}/gsm8k-text/0", seed_id=seed.id, mode="gsm8k-text", question=seed.question,
-        answer=seed.answer, trace=trace, provenance={"dataset": seed.dataset, "split": seed.split},
-    )  # fmt: skip
+        id=f"{seed.id}/gsm8k-text/0",
+        seed_id=seed.id,
+        mode="gsm8k-text",
+        question=seed.question,
+        answer=seed.answer,
+        trace=trace,
+        provenance={"dataset": seed.dataset, "split": seed.split},
+    )
     return SeedOutcome(id=seed.id, records=[record], candidates=1)
 
 

@@ -33,22 +33,50 @@ class ModeSpec:
 MODES: dict[str, ModeSpec] = {
     m.name: m
     for m in (
-        ModeSpec("gsm8k-calc", "training.generate.gsm8k_calc:generate", False,
-                 "GSM8K calculator annotations -> executed, validated code cells (teacher-free)"),
-        ModeSpec("gsm8k-text", "training.generate.gsm8k_calc:generate_text", False,
-                 "GSM8K solutions as prose only (the text-only control)"),
-        ModeSpec("backward", "training.generate.backward:generate", False,
-                 "MetaMath FOBAR backward questions solved with sympy (self-verification with a teacher)"),
-        ModeSpec("teacher", "training.generate.teacher:generate", True,
-                 "rejection sampling: k trajectories per seed, keep the correct, distinct ones"),
-        ModeSpec("self-train", "training.generate.teacher:generate", True,
-                 "rejection sampling from the model being trained; merge with its data"),
-        ModeSpec("rephrase", "training.generate.rephrase:generate", True,
-                 "MetaMath rephrased questions, solved by the teacher, kept when correct"),
-        ModeSpec("concept-graph", "training.generate.concept_graph:generate", True,
-                 "MathScale: concepts -> co-occurrence graph -> random walks -> new questions"),
+        ModeSpec(
+            "gsm8k-calc",
+            "training.generate.gsm8k_calc:generate",
+            False,
+            "GSM8K calculator annotations -> executed, validated code cells (teacher-free)",
+        ),
+        ModeSpec(
+            "gsm8k-text",
+            "training.generate.gsm8k_calc:generate_text",
+            False,
+            "GSM8K solutions as prose only (the text-only control)",
+        ),
+        ModeSpec(
+            "backward",
+            "training.generate.backward:generate",
+            False,
+            "MetaMath FOBAR backward questions solved with sympy (self-verification with a teacher)",
+        ),
+        ModeSpec(
+            "teacher",
+            "training.generate.teacher:generate",
+            True,
+            "rejection sampling: k trajectories per seed, keep the correct, distinct ones",
+        ),
+        ModeSpec(
+            "self-train",
+            "training.generate.teacher:generate",
+            True,
+            "rejection sampling from the model being trained; merge with its data",
+        ),
+        ModeSpec(
+            "rephrase",
+            "training.generate.rephrase:generate",
+            True,
+            "MetaMath rephrased questions, solved by the teacher, kept when correct",
+        ),
+        ModeSpec(
+            "concept-graph",
+            "training.generate.concept_graph:generate",
+            True,
+            "MathScale: concepts -> co-occurrence graph -> random walks -> new questions",
+        ),
     )
-}  # fmt: skip
+}
 
 
 def get_mode(name: str) -> ModeSpec:

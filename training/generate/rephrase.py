@@ -38,15 +38,36 @@ INSTRUCTION = (
 # Number words a rewrite may use for a digit of the original ("5 apples" -> "five apples").  Only
 # accepted in the rewrite, never required of it: "one" and "no one" are too often not numbers.
 _SMALL_NUMBERS = (
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-    "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty",
-)  # fmt: skip
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+)
 _TENS = ("thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
 _NUMBER_WORDS = {
     **{word: Fraction(value) for value, word in enumerate(_SMALL_NUMBERS)},
     **{word: Fraction(10 * tens) for tens, word in enumerate(_TENS, start=3)},
-    "dozen": Fraction(12), "hundred": Fraction(100), "thousand": Fraction(1000),
-}  # fmt: skip
+    "dozen": Fraction(12),
+    "hundred": Fraction(100),
+    "thousand": Fraction(1000),
+}
 # Digits with optional thousands groups and decimals; a sentence's final "." is not a decimal.
 _NUMBER = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?!\d)")
 _WORD = re.compile(r"[a-z]+")
@@ -155,9 +176,13 @@ async def generate(seed: Problem, ctx: GenContext) -> SeedOutcome:
             continue
         accepted.add(normalize(rephrased))
         problem = Problem(
-            id=f"{seed.id}/{MODE}/{n}", question=rephrased, answer=seed.answer,
-            dataset=seed.dataset, split=seed.split, meta={"seed_id": seed.id, "variant": n},
-        )  # fmt: skip
+            id=f"{seed.id}/{MODE}/{n}",
+            question=rephrased,
+            answer=seed.answer,
+            dataset=seed.dataset,
+            split=seed.split,
+            meta={"seed_id": seed.id, "variant": n},
+        )
         for j, sample in enumerate(await ctx.sample_traces(problem)):
             label = f"{problem.id}#{j}"
             wrong = (
@@ -168,14 +193,23 @@ async def generate(seed: Problem, ctx: GenContext) -> SeedOutcome:
 
             def record(trace: Trace, p: Problem = problem, n: int = n, j: int = j) -> GenRecord:
                 return GenRecord(
-                    id=f"{p.id}/{j}", seed_id=seed.id, mode=MODE, question=p.question,
-                    answer=seed.answer, trace=trace,
+                    id=f"{p.id}/{j}",
+                    seed_id=seed.id,
+                    mode=MODE,
+                    question=p.question,
+                    answer=seed.answer,
+                    trace=trace,
                     provenance={
-                        "original_question": seed.question, "teacher": teacher,
-                        "temperature": cfg.temperature, "variant": n, "sample": j,
-                        "dataset": seed.dataset, "split": seed.split, "run_seed": cfg.seed,
+                        "original_question": seed.question,
+                        "teacher": teacher,
+                        "temperature": cfg.temperature,
+                        "variant": n,
+                        "sample": j,
+                        "dataset": seed.dataset,
+                        "split": seed.split,
+                        "run_seed": cfg.seed,
                     },
-                )  # fmt: skip
+                )
 
             keeper.offer(label, sample, wrong, record)
     return keeper.outcome()

@@ -48,9 +48,13 @@ class GenProgress:
         self.kept = sum(len(getattr(o, "records", ())) for o in done)
         self.productive = sum(bool(getattr(o, "records", True)) for o in done)
         self.bar = Progress(
-            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(), disable=not enabled,
-        )  # fmt: skip
+            TextColumn(f"[bold]{label}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            disable=not enabled,
+        )
         self.task = self.bar.add_task(label, total=total, completed=self.done, stats=self._stats())
 
     def _stats(self) -> str:
@@ -73,8 +77,9 @@ class GenProgress:
         self.bar.stop()
 
 
-def guarded(mode: str, fn: Callable[[Problem, GenContext], Awaitable[SeedOutcome]], ctx: GenContext
-            ) -> Callable[[Problem], Awaitable[SeedOutcome]]:  # fmt: skip
+def guarded(
+    mode: str, fn: Callable[[Problem, GenContext], Awaitable[SeedOutcome]], ctx: GenContext
+) -> Callable[[Problem], Awaitable[SeedOutcome]]:
     """``fn`` with a seed's unreadable data turned into a logged rejection instead of a dead run
     (a broken sandbox or teacher still stops the run: it would fail every seed after it)."""
 
@@ -155,13 +160,26 @@ async def run_generation(
         return outcome
 
     outcomes = await map_seeds(
-        outcome_folder(out_dir), config, seeds, one, concurrency=config.concurrency, label=config.mode,
+        outcome_folder(out_dir),
+        config,
+        seeds,
+        one,
+        concurrency=config.concurrency,
+        label=config.mode,
         progress=progress,
-    )  # fmt: skip
+    )
     return await asyncio.to_thread(
-        write_dataset, out_dir, config, outcomes, wall_time_s=time.monotonic() - start,
-        merge_with=merge_with, contamination=contamination, sft_preset=sft_preset, extra=extra, fresh=fresh,
-    )  # fmt: skip
+        write_dataset,
+        out_dir,
+        config,
+        outcomes,
+        wall_time_s=time.monotonic() - start,
+        merge_with=merge_with,
+        contamination=contamination,
+        sft_preset=sft_preset,
+        extra=extra,
+        fresh=fresh,
+    )
 
 
 async def _concept_walks(
@@ -246,12 +264,25 @@ def run_generation_ray(
         raise ValueError("concept-graph runs in one process (its graph spans all seeds); leave out --ray")
     start = time.monotonic()
     driven = drive_ray(
-        outcome_folder(out_dir), config, seeds, worker=GenWorker, backend=backend, chunk_size=config.concurrency,
-        progress=lambda total, done: GenProgress(config.mode, total, done, progress), address=address,
-        workers=workers, sandbox=sandbox,
-    )  # fmt: skip
+        outcome_folder(out_dir),
+        config,
+        seeds,
+        worker=GenWorker,
+        backend=backend,
+        chunk_size=config.concurrency,
+        progress=lambda total, done: GenProgress(config.mode, total, done, progress),
+        address=address,
+        workers=workers,
+        sandbox=sandbox,
+    )
     outcomes, fresh = driven.records, driven.fresh
     return write_dataset(
-        out_dir, config, outcomes, wall_time_s=time.monotonic() - start, merge_with=merge_with,
-        contamination=contamination, sft_preset=sft_preset, fresh=fresh,
-    )  # fmt: skip
+        out_dir,
+        config,
+        outcomes,
+        wall_time_s=time.monotonic() - start,
+        merge_with=merge_with,
+        contamination=contamination,
+        sft_preset=sft_preset,
+        fresh=fresh,
+    )

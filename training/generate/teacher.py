@@ -31,14 +31,22 @@ async def generate(seed: Problem, ctx: GenContext) -> SeedOutcome:
 
         def record(trace: Trace, j: int = j) -> GenRecord:
             return GenRecord(
-                id=f"{seed.id}/{mode}/{j}", seed_id=seed.id, mode=mode, question=seed.question,
-                answer=seed.answer, trace=trace,
+                id=f"{seed.id}/{mode}/{j}",
+                seed_id=seed.id,
+                mode=mode,
+                question=seed.question,
+                answer=seed.answer,
+                trace=trace,
                 provenance={
-                    "dataset": seed.dataset, "split": seed.split, "sample": j,
+                    "dataset": seed.dataset,
+                    "split": seed.split,
+                    "sample": j,
                     "teacher": {"backend": cfg.backend, "model": cfg.model},
-                    "sampling": trace.metadata.sampling, "preset": cfg.preset, "run_seed": cfg.seed,
+                    "sampling": trace.metadata.sampling,
+                    "preset": cfg.preset,
+                    "run_seed": cfg.seed,
                 },
-            )  # fmt: skip
+            )
 
         keeper.offer(label, sample, wrong, record)
     return keeper.outcome()
