@@ -13,7 +13,7 @@ from rich.table import Table
 from benchmarks.harness_cli import register as register_reports
 from benchmarks.records import RunConfig
 from benchmarks.settings import BenchmarkSettings
-from runtime.cli_options import options_from, validated
+from runtime.cli_options import RayAddress, RayWorkers, ReplayScript, ShowProgress, options_from, validated
 
 
 def grade(
@@ -95,14 +95,10 @@ def bench(
     data: Annotated[
         Path | None, typer.Option(help="Any JSONL file of problems instead of --dataset.")
     ] = None,
-    ray: Annotated[
-        str | None, typer.Option(help="Shard over Ray workers: a cluster address, 'auto' or 'local'.")
-    ] = None,
-    ray_workers: Annotated[int | None, typer.Option(min=1, help="Ray actors (default: one per CPU).")] = None,
-    script: Annotated[
-        Path | None, typer.Option(hidden=True, help="Replay script of --backend scripted.")
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="Show a live progress bar.")] = True,
+    ray: RayAddress = None,
+    ray_workers: RayWorkers = None,
+    script: ReplayScript = None,
+    progress: ShowProgress = True,
     *,
     given: dict[str, Any],
 ) -> None:

@@ -24,10 +24,28 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-__all__ = ["Flag", "option_help", "options_from", "validated"]
+__all__ = [
+    "Flag",
+    "RayAddress",
+    "RayWorkers",
+    "ReplayScript",
+    "ShowProgress",
+    "option_help",
+    "options_from",
+    "validated",
+]
 
 M = TypeVar("M", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+# Options of every command that runs a batch (``bench``, ``generate``): one spelling, one help.
+RayAddress = Annotated[
+    str | None, typer.Option(help="Shard over Ray workers: a cluster address, 'auto' or 'local'.")
+]
+RayWorkers = Annotated[int | None, typer.Option(min=1, help="Ray actors (default: one per CPU).")]
+ReplayScript = Annotated[Path | None, typer.Option(hidden=True, help="Replay script of --backend scripted.")]
+ShowProgress = Annotated[bool, typer.Option(help="Show a live progress bar.")]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markdown import Markdown
 
-from runtime.cli_options import options_from, validated
+from runtime.cli_options import RayAddress, RayWorkers, ReplayScript, ShowProgress, options_from, validated
 from training.generate.modes import MODES
 from training.generate.records import GenerateConfig
 
@@ -86,14 +86,10 @@ def generate(
     sft_preset: Annotated[
         str, typer.Option(help="Preset whose system prompt the SFT view renders.")
     ] = "tir-sft",
-    ray: Annotated[
-        str | None, typer.Option(help="Shard over Ray workers: a cluster address, 'auto' or 'local'.")
-    ] = None,
-    ray_workers: Annotated[int | None, typer.Option(min=1, help="Ray actors (default: one per CPU).")] = None,
-    script: Annotated[
-        Path | None, typer.Option(hidden=True, help="Replay script of --backend scripted.")
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="Show a live progress bar.")] = True,
+    ray: RayAddress = None,
+    ray_workers: RayWorkers = None,
+    script: ReplayScript = None,
+    progress: ShowProgress = True,
     *,
     given: dict[str, Any],
 ) -> None:

@@ -26,27 +26,33 @@ MAX_EXPONENT = 64
 # "3 million", "three hundred": the stated value is not the number's.
 _SCALE_AFTER = r"(?!\s+(?:hundred|thousand|million|billion)\b)"
 _MENTION = re.compile(rf"(?<![\w.])(\d{{1,3}}(?:,\d{{3}})+|\d+(?:\.\d+)?|\.\d+)(?![\w]|[.,]\d){_SCALE_AFTER}")
-_TEENS = (
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-    "thirteen",
-    "fourteen",
-    "fifteen",
-    "sixteen",
-    "seventeen",
-    "eighteen",
-    "nineteen",
-    "twenty",
+NUMBER_WORDS = tuple(
+    [
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
+        "twenty",
+    ]
 )
+"""The small numbers as words, ``NUMBER_WORDS[n]`` is n (also what ``rephrase`` reads as numbers)."""
+_TEENS = NUMBER_WORDS[2:]
 _TENS = {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
 _WORD_VALUES = dict(zip(_TEENS, range(2, 21), strict=True)) | _TENS
 # "one" is left out: it is as often a pronoun ("each one") as a count.  Hyphenated words are left

@@ -21,6 +21,7 @@ from fractions import Fraction
 from benchmarks.records import Problem
 from runtime.trace import Trace
 from training.generate.context import GenContext
+from training.generate.forward import NUMBER_WORDS
 from training.generate.keep import Keeper, teacher_label
 from training.generate.records import GenRecord, SeedOutcome
 
@@ -37,32 +38,9 @@ INSTRUCTION = (
 
 # Number words a rewrite may use for a digit of the original ("5 apples" -> "five apples").  Only
 # accepted in the rewrite, never required of it: "one" and "no one" are too often not numbers.
-_SMALL_NUMBERS = (
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-    "thirteen",
-    "fourteen",
-    "fifteen",
-    "sixteen",
-    "seventeen",
-    "eighteen",
-    "nineteen",
-    "twenty",
-)
 _TENS = ("thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
 _NUMBER_WORDS = {
-    **{word: Fraction(value) for value, word in enumerate(_SMALL_NUMBERS)},
+    **{word: Fraction(value) for value, word in enumerate(NUMBER_WORDS)},
     **{word: Fraction(10 * tens) for tens, word in enumerate(_TENS, start=3)},
     "dozen": Fraction(12),
     "hundred": Fraction(100),
