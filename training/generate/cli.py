@@ -144,6 +144,14 @@ def generate(
         except BackendChoiceError as exc:
             raise typer.BadParameter(str(exc), param_hint="--backend") from exc
     merge = list(merge_with or [])
+    # What the one-process and the Ray run share.
+    common: dict[str, Any] = {
+        "out_dir": out,
+        "progress": progress,
+        "merge_with": merge,
+        "contamination": contamination,
+        "sft_preset": sft_preset,
+    }
 
     async def single() -> dict[str, Any]:
         teacher = None if spec is None else await asyncio.to_thread(spec.build)
@@ -151,35 +159,14 @@ def generate(
         sandbox = sandbox.model_copy(update={"pool_size": min(sandbox.pool_size, concurrency)})
         try:
             async with KernelPool(sandbox) as pool:
-                return await run_generation(
-                    config,
-                    seeds,
-                    sessions=pool.session,
-                    backend=teacher,
-                    out_dir=out,
-                    progress=progress,
-                    merge_with=merge,
-                    contamination=contamination,
-                    sft_preset=sft_preset,
-                )
+                return await run_generation(config, seeds, sessions=pool.session, backend=teacher, **common)
         finally:
             if teacher is not None:
                 await teacher.aclose()
 
     try:
         if ray is not None:
-            card = run_generation_ray(
-                config,
-                seeds,
-                backend=spec,
-                out_dir=out,
-                address=ray,
-                workers=ray_workers,
-                progress=progress,
-                merge_with=merge,
-                contamination=contamination,
-                sft_preset=sft_preset,
-            )
+            card = run_generation_ray(config, seeds, backend=spec, address=ray, workers=ray_workers, **common)
         else:
             card = asyncio.run(single())
     except (RunError, SandboxError, TeacherRequired, RuntimeError, ValueError, KeyError) as exc:
