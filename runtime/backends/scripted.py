@@ -24,6 +24,16 @@ class Step:
     delay_s: float = 0.0
 
 
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
+    """``text`` up to the first stop string in it and that string, as a server would stop; else
+    ``(text, None)``."""
+    hits = [(text.find(s), s) for s in stops if s in text]
+    if not hits:
+        return text, None
+    at, stop = min(hits)
+    return text[:at], stop
+
+
 class ChatMLWords:
     """What a test double needs besides ``complete``: ChatML prompts, whitespace-separated "tokens",
     nothing to close."""
@@ -70,15 +80,10 @@ class ScriptedBackend(ChatMLWords):
         step = self.scripts[key][index]
         if step.delay_s:
             await asyncio.sleep(step.delay_s)
-        text = step.text
-        hits = [(text.find(s), s) for s in request.stop if s in text]
-        if hits:
-            at, stop = min(hits)
+        text, stop = cut_at_stop(step.text, request.stop)
+        if stop is not None:
             return Completion(
-                text=text[:at],
-                finish_reason="stop",
-                stop=stop,
-                completion_tokens=self.count_tokens(text[:at]),
+                text=text, finish_reason="stop", stop=stop, completion_tokens=self.count_tokens(text)
             )
         words = text.split()
         if len(words) > request.max_tokens:

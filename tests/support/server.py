@@ -25,7 +25,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from runtime.backends.base import BackendError, Completion, CompletionRequest
-from runtime.backends.scripted import ChatMLWords
+from runtime.backends.scripted import ChatMLWords, cut_at_stop
 from runtime.server import ServerSettings
 from sandbox.pool import KernelPool
 from sandbox.settings import SandboxSettings
@@ -131,17 +131,15 @@ class ScriptBook(ChatMLWords):
             await self._event(self._gates, step.gate).wait()
         if step.fail:
             raise BackendError("scripted failure: the model server went away")
-        text = step.text
         prompt_tokens = len(request.prompt.split())
-        hits = [(text.find(s), s) for s in request.stop if s in text]
-        if hits:
-            at, stop = min(hits)
+        text, stop = cut_at_stop(step.text, request.stop)
+        if stop is not None:
             return Completion(
-                text=text[:at],
+                text=text,
                 finish_reason="stop",
                 stop=stop,
                 prompt_tokens=prompt_tokens,
-                completion_tokens=len(text[:at].split()) + 1,
+                completion_tokens=len(text.split()) + 1,
             )
         return Completion(
             text=text,
