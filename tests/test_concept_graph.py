@@ -16,6 +16,7 @@ import pytest_asyncio
 from benchmarks.records import Problem
 from runtime.backends.base import Backend
 from runtime.backends.scripted import ScriptedBackend, Step
+from runtime.grading import is_equivalent
 from runtime.trace import OutputBlock
 from sandbox.pool import KernelPool
 from sandbox.settings import SandboxSettings
@@ -299,27 +300,43 @@ async def test_unusable_questions_are_rejected_before_solving(
 # ------------------------------------------------------------------------------- the real model
 
 
+REAL_CONFIG = GenerateConfig(
+    mode="concept-graph", backend="transformers", samples=2, max_tokens=96, max_rounds=2,
+    temperature=0.7, concurrency=2, options={"extract_max_tokens": 64, "question_max_tokens": 96},
+)  # fmt: skip
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # a 135M model on a shared CPU writes a few tokens a second
+@pytest.mark.xfail(
+    strict=True,
+    reason="the 135M default model answers the extraction prompt in prose, not as topics and knowledge "
+    "points (seen: 'The problem involves calculating ...'); strict: a model that learns it makes this fail",
+)
 @ASYNC
-async def test_the_default_model_runs_the_pipeline(
+async def test_the_default_model_extracts_concepts(
     pool: KernelPool, teacher: Backend, gsm8k_seeds: list[Problem]
 ) -> None:
-    config = GenerateConfig(
-        mode="concept-graph", backend="transformers", samples=2, max_tokens=96, max_rounds=2,
-        temperature=0.7, concurrency=2, options={"extract_max_tokens": 64, "question_max_tokens": 96},
-    )  # fmt: skip
-    ctx = GenContext(config=config, sessions=pool.session, backend=teacher, limiter=asyncio.Semaphore(2))
+    ctx = GenContext(config=REAL_CONFIG, sessions=pool.session, backend=teacher, limiter=asyncio.Semaphore(2))
     concepts = [await extract(seed, ctx) for seed in gsm8k_seeds]
     for c in concepts:
-        print(
-            f"\n{c.id}: topics {c.topics}, knowledge points {c.knowledge_points}, error {c.error}\n  raw {c.raw!r}"
-        )
+        print(f"\n{c.id}: topics {c.topics}, points {c.knowledge_points}, error {c.error}\n  raw {c.raw!r}")
     graph = build_graph(concepts)
-    print(f"graph: {graph.stats()}")
-    if not graph.topics:  # the 135M teacher may name nothing usable; the rest must still run
-        graph = build_graph([record("fallback", ["arithmetic"], ["adding whole numbers"])])
+    assert graph.topics and graph.stats()["knowledge_points"] > 0, [c.raw for c in concepts]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@ASYNC
+async def test_the_default_model_synthesises_questions_from_a_graph(
+    pool: KernelPool, teacher: Backend
+) -> None:
+    """Phase 2 on its own, from a given graph (phase 1 is the test above): every walk is accounted
+    for, and a kept question's trace answers with the majority answer it was kept for."""
+    ctx = GenContext(config=REAL_CONFIG, sessions=pool.session, backend=teacher, limiter=asyncio.Semaphore(2))
+    graph = build_graph([record("given", ["arithmetic"], ["adding whole numbers"])])
     outcomes = [await generate(walk, ctx) for walk in walk_seeds(graph, 1, ctx)]
+    assert outcomes
     for outcome in outcomes:
         print(f"{outcome.id}: {len(outcome.records)} kept, {outcome.candidates} candidates, "
               f"{outcome.wall_time_s:.1f} s")  # fmt: skip
@@ -327,7 +344,8 @@ async def test_the_default_model_runs_the_pipeline(
             print(f"  rejected: {rejection.reason}: {rejection.detail[:300]}")
         for kept in outcome.records:
             print(f"  kept {kept.id}: {kept.question!r} -> {kept.answer} ({kept.provenance['agreement']})")
-        assert len(outcome.records) + len(outcome.rejections) >= 1 and all(
-            r.reason for r in outcome.rejections
-        )
-        assert all(r.provenance["agreement"] >= 0.5 for r in outcome.records)
+        assert outcome.candidates >= 1 and len(outcome.records) + len(outcome.rejections) >= 1
+        assert all(r.reason for r in outcome.rejections)
+        for kept in outcome.records:
+            assert kept.provenance["agreement"] >= REAL_CONFIG.options.get("min_agreement", 0.5)
+            assert kept.trace.final_answer is not None and is_equivalent(kept.trace.final_answer, kept.answer)

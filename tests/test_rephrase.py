@@ -13,6 +13,7 @@ import pytest_asyncio
 from benchmarks.records import Problem
 from runtime.backends.base import Backend
 from runtime.backends.scripted import ScriptedBackend, Step
+from runtime.grading import is_equivalent
 from runtime.trace import CodeBlock, OutputBlock
 from sandbox.pool import KernelPool
 from sandbox.settings import SandboxSettings
@@ -236,4 +237,7 @@ async def test_the_default_model_rephrases_real_seeds(
         # was kept and filled the seed; a kept trace answers the seed's own question.
         assert len(outcome.records) + len(outcome.rejections) >= (1 if outcome.records else config.variants)
         assert all(r.reason for r in outcome.rejections)
-        assert all(r.answer == "72" and r.trace.final_answer is not None for r in outcome.records)
+        # A kept trace's own final answer grades equal to the seed's (its ``answer`` field is copied
+        # from the seed, so it says nothing).
+        for r in outcome.records:
+            assert r.trace.final_answer is not None and is_equivalent(r.trace.final_answer, "72"), r.id
