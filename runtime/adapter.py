@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from runtime.settings import RuntimeSettings
+
 CARD_FILE = "mathcoder.json"
 PACKAGED_ADAPTERS = Path(__file__).resolve().parent / "adapters"
 
@@ -78,3 +80,21 @@ def packaged_adapters() -> list[Path]:
     if not PACKAGED_ADAPTERS.is_dir():
         return []
     return sorted(p for p in PACKAGED_ADAPTERS.iterdir() if (p / CARD_FILE).is_file())
+
+
+def resolve_adapter(settings: RuntimeSettings, model: str | Path | None) -> Path | None:
+    """The adapter folder to apply, or None.
+
+    ``settings.adapter``: ``none`` -> None; ``default`` -> the packaged adapter, only on the default
+    model (``model`` None) and only if the package ships one; anything else is an adapter folder,
+    applied to whatever model was asked for.
+    """
+    choice = settings.adapter
+    if choice == "none":
+        return None
+    if choice == "default":
+        shipped = packaged_adapters()
+        return shipped[0] if model is None and shipped else None
+    folder = Path(choice).expanduser()
+    read_card(folder)  # a clear error now rather than a half-loaded model later
+    return folder

