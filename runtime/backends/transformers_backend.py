@@ -264,7 +264,7 @@ class TransformersBackend:
             # attribute transformers 5 deprecated; the warning is theirs, not the user's.
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
-                _ = PeftModel  # broken on purpose
+                loaded = PeftModel.from_pretrained(loaded, str(adapter)).merge_and_unload()
             label = f"{label}+{adapter.name}"
         loaded.eval()
         return cls(loaded, tokenizer, settings, name=f"transformers:{label}")
