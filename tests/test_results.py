@@ -117,7 +117,9 @@ def test_an_entry_is_computed_from_the_run_folders(tmp_path: Path) -> None:
     assert (entry.mcnemar_vs_control.wins, entry.mcnemar_vs_control.losses) == (2, 1)
     assert entry.tool_use is not None
     assert entry.tool_use.cells_per_problem == 2.0 and entry.tool_use.error_rate == 0.5
-    assert entry.train is not None and entry.train.tokens_per_s == 250.0 and entry.train.hardware == "AMD EPYC"
+    assert (
+        entry.train is not None and entry.train.tokens_per_s == 250.0 and entry.train.hardware == "AMD EPYC"
+    )
     assert entry.recipe["lora_rank"] == 16 and entry.data == ["calc.jsonl"]
 
     results_file = tmp_path / "results.json"

@@ -377,7 +377,9 @@ def _bf16(settings: TrainSettings) -> bool:
     if torch.cuda.is_available():
         supported = bool(torch.cuda.is_bf16_supported())
         if settings.bf16 and not supported:
-            raise TrainError("--bf16: this GPU does not support bfloat16; leave it unset to choose automatically")
+            raise TrainError(
+                "--bf16: this GPU does not support bfloat16; leave it unset to choose automatically"
+            )
     else:
         supported = cpu_supports_bf16()
         if settings.bf16 and not supported:
