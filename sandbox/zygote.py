@@ -369,8 +369,16 @@ class ZygoteLauncher:
         return zygote
 
     def _home(self) -> Path:
-        """The zygote's files (its log, IPython directory, the kernels' root mount point), removed on close."""
+        """The zygote's files (its log, IPython directory, the kernels' root mount point), removed on close.
+
+        Those of hosts that died without closing (SIGKILL) are removed here.
+        """
         home = self.settings.run_dir / f"zygote-{os.getpid()}"
+        if not home.exists():
+            for stale in self.settings.run_dir.glob("zygote-*"):
+                pid = stale.name.removeprefix("zygote-")
+                if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                    shutil.rmtree(stale, ignore_errors=True)
         home.mkdir(mode=0o711, exist_ok=True)
         return home
 
