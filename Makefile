@@ -16,7 +16,7 @@ EXTRAS ?= dev,local
 ENGINE ?= $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && echo podman)
 ENGINE_ENV := $(if $(ENGINE),MATHCODER_TEST_DOCKER=require DOCKER_HOST=unix:///run/podman/podman.sock)
 
-.PHONY: demo test test-quick lint setup model engine clean
+.PHONY: demo test test-quick lint setup model engine llama-server adapter clean
 
 $(VENV)/.installed: pyproject.toml
 	@# The sandbox isolates kernels with bubblewrap (setpriv comes with util-linux).
@@ -35,6 +35,18 @@ model: setup
 
 QUESTION ?= Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?
 
+# llama.cpp's server, built from the llama-cpp-python source package (no prebuilt binary can be
+# downloaded here): about 4 minutes on 2 idle cores, once; the llamacpp backend and its tests use it.
+llama-server: $(BIN)/llama-server
+
+$(BIN)/llama-server: | setup
+	bash deploy/build-llama-server.sh $(BIN)
+
+# Rebuild the default adapter from nothing on this CPU: gsm8k-calc data (~25 min), LoRA training
+# (the recipe in training/recipe.py; hours on 2 cores, resumable: run it again), export.
+adapter: model
+	$(BIN)/python -m training.recipe --out runs/rebuild
+
 demo: setup model
 	$(BIN)/mathcoder solve "$(QUESTION)"
 
@@ -47,8 +59,8 @@ lint: setup
 engine:
 	bash deploy/podman-ci.sh all
 
-test: lint model $(if $(ENGINE),engine)
-	$(ENGINE_ENV) $(BIN)/pytest
+test: lint model llama-server $(if $(ENGINE),engine)
+	$(ENGINE_ENV) MATHCODER_TEST_LLAMACPP=require $(BIN)/pytest
 
 test-quick: setup
 	$(BIN)/pytest -m "not slow"

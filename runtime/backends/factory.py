@@ -28,12 +28,14 @@ __all__ = [
     "scripted_backend",
 ]
 
-BackendKind = Literal["transformers", "openai", "vllm"]
+BackendKind = Literal["transformers", "openai", "vllm", "llamacpp"]
 BACKEND_KINDS: tuple[str, ...] = get_args(BackendKind)
 NEEDS = {
     "transformers": "a model path or hub id (default: the embedded SmolLM2-135M)",
     "openai": "a server URL (base_url) and a model name",
     "vllm": "a model path or hub id (default: the embedded SmolLM2-135M)",
+    "llamacpp": "a .gguf model file (default: the embedded SmolLM2-135M) and a llama-server built by "
+    "`make llama-server`",
 }
 
 
@@ -83,6 +85,10 @@ def load_backend(
 
         assert base_url is not None and model is not None  # check_backend
         return OpenAIBackend(base_url=base_url, model=model)
+    if kind == "llamacpp":
+        from runtime.backends.llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend.launch(model, settings)
     from runtime.backends.vllm_backend import VLLMBackend
 
     return VLLMBackend.load(model, settings)

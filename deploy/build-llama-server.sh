@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Build llama.cpp's llama-server (the CPU engine of the llamacpp backend) and llama-batched-bench
+# from the llama.cpp sources vendored in the llama-cpp-python source package on PyPI, and install
+# them next to the virtualenv's Python, where runtime/backends/llamacpp.py looks first.
+#
+#   deploy/build-llama-server.sh VENV_BIN      e.g. .venv/bin
+#
+# Why from source: no prebuilt binary can be downloaded where this project is developed and tested,
+# and PyPI carries llama.cpp only as llama-cpp-python's sdist (its Python API runs one sequence at a
+# time, so the server, with continuous batching and a prompt cache, is what we build). GGML_NATIVE
+# tunes it to this CPU (AVX2 / AVX-512 / AVX512-BF16 as present). Also copies the conversion scripts
+# (convert_hf_to_gguf.py, convert_lora_to_gguf.py) and their gguf-py next to the binaries, for the
+# conversion of fine-tuned models. About 4 minutes on 2 idle cores; a no-op when already built.
+set -euo pipefail
+bin=${1:?usage: build-llama-server.sh VENV_BIN}
+version=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
+stamp="$bin/.llama-server-$version"
+[ -x "$bin/llama-server" ] && [ -f "$stamp" ] && exit 0
+if ! { command -v cmake >/dev/null && command -v c++ >/dev/null; }; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake g++ >/dev/null
+  else
+    echo "build-llama-server: cmake and a C++ compiler are needed (apt-get install cmake g++)" >&2; exit 1
+  fi
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$bin/python" -m pip download --quiet --no-deps --no-binary llama-cpp-python --dest "$work" "llama-cpp-python==$version"
+tar xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
+src=$(echo "$work"/llama_cpp_python-*/vendor/llama.cpp)
+generator=(); command -v ninja >/dev/null && generator=(-G Ninja)
+cmake -S "$src" -B "$src/build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+  -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DBUILD_SHARED_LIBS=OFF >/dev/null
+cmake --build "$src/build" --target llama-server llama-batched-bench -j "$(nproc)" >/dev/null
+install -m 0755 "$src/build/bin/llama-server" "$src/build/bin/llama-batched-bench" "$bin/"
+share="$bin/../share/llama.cpp"
+rm -rf "$share" && mkdir -p "$share"
+cp -r "$src/convert_hf_to_gguf.py" "$src/convert_lora_to_gguf.py" "$src/gguf-py" "$share/"
+[ -d "$src/conversion" ] && cp -r "$src/conversion" "$share/"
+touch "$stamp"
+echo "built llama-server $version into $bin"

@@ -1,0 +1,128 @@
+"""The llamacpp backend against a real llama-server child serving the embedded default model.
+
+Needs the ``llama-server`` binary (``make llama-server``; ``make test`` builds it and sets
+``MATHCODER_TEST_LLAMACPP=require`` so that a missing binary fails instead of skipping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from runtime.backends.base import BackendError, CompletionRequest, SamplingParams
+from runtime.backends.llamacpp import LlamaCppBackend, LlamaCppSettings, find_server_binary
+
+pytestmark = pytest.mark.slow
+
+try:
+    find_server_binary(LlamaCppSettings())
+except BackendError as exc:
+    if os.environ.get("MATHCODER_TEST_LLAMACPP") == "require":
+        raise
+    pytest.skip(f"no llama-server here ({exc})", allow_module_level=True)
+
+PROMPT = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\nCount from 1 to 20, separated by commas.<|im_end|>\n<|im_start|>assistant\n"
+)
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def backend() -> AsyncIterator[LlamaCppBackend]:
+    started = await asyncio.to_thread(
+        LlamaCppBackend.launch, settings=LlamaCppSettings(parallel=4, ctx_per_slot=1024)
+    )
+    yield started
+    await started.aclose()
+    assert started.process.poll() is not None  # the engine process is gone after shutdown
+
+
+module_loop = pytest.mark.asyncio(loop_scope="module")
+
+
+@module_loop
+async def test_a_stop_string_is_reported_and_cut(backend: LlamaCppBackend) -> None:
+    full = await backend.complete(CompletionRequest(prompt=PROMPT, max_tokens=64))
+    assert "5" in full.text
+    # A stop string that only appears mid-generation, and spans the tokens ", 5" etc.
+    stop = full.text[full.text.index("5") : full.text.index("5") + 3]
+    done = await backend.complete(CompletionRequest(prompt=PROMPT, max_tokens=64, stop=(stop,)))
+    assert (done.finish_reason, done.stop) == ("stop", stop)
+    assert stop not in done.text and full.text.startswith(done.text)
+
+
+@module_loop
+async def test_length_and_token_counts(backend: LlamaCppBackend) -> None:
+    done = await backend.complete(CompletionRequest(prompt=PROMPT, max_tokens=5))
+    assert done.finish_reason == "length" and done.completion_tokens == 5
+    assert done.prompt_tokens == backend.count_tokens(PROMPT)
+
+
+@module_loop
+async def test_end_of_turn_is_eos(backend: LlamaCppBackend) -> None:
+    prompt = PROMPT.replace("Count from 1 to 20, separated by commas.", "Say only the word yes.")
+    done = await backend.complete(CompletionRequest(prompt=prompt, max_tokens=200))
+    assert done.finish_reason == "eos" and done.stop is None
+
+
+@module_loop
+async def test_sampling_seeds_repeat_and_differ(backend: LlamaCppBackend) -> None:
+    async def sample(seed: int) -> str:
+        params = SamplingParams(temperature=1.2, seed=seed)
+        request = CompletionRequest(
+            prompt=PROMPT.replace("1 to 20", "a poem"), max_tokens=24, sampling=params
+        )
+        return (await backend.complete(request)).text
+
+    assert await sample(1) == await sample(1)
+    assert len({await sample(s) for s in (1, 2, 3)}) > 1
+
+
+@module_loop
+async def test_concurrent_requests_share_the_server_and_its_cache(backend: LlamaCppBackend) -> None:
+    before = backend.prompt_tokens_computed, backend.prompt_tokens_total
+    requests = [CompletionRequest(prompt=PROMPT, max_tokens=16) for _ in range(6)]
+    texts = [c.text for c in await asyncio.gather(*(backend.complete(r) for r in requests))]
+    assert len(set(texts)) == 1  # greedy: the same text from every slot
+    computed = backend.prompt_tokens_computed - before[0]
+    total = backend.prompt_tokens_total - before[1]
+    assert computed < total  # the repeated prompt came from the slots' caches
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(BackendError, match=r"needs a \.gguf model file"):
+        LlamaCppBackend.launch(str(tmp_path / "nothing.gguf"))
+
+
+def test_the_server_dies_with_a_sigkilled_host(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from runtime.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+        backend = LlamaCppBackend.launch(settings=LlamaCppSettings(parallel=1, ctx_per_slot=512))
+        print(backend.process.pid, flush=True)
+        time.sleep(600)
+        """
+    )
+    host = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert host.stdout is not None
+    server_pid = int(host.stdout.readline())
+    server = os.pidfd_open(server_pid)  # before the kill: the pid cannot be reused under us
+    try:
+        host.send_signal(signal.SIGKILL)
+        host.wait()
+        exited, _, _ = select.select([server], [], [], 10.0)  # readable once the process has exited
+        assert exited, f"llama-server {server_pid} outlived its SIGKILLed host"
+    finally:
+        os.close(server)
+        host.stdout.close()
