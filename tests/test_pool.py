@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from procs import pids_of_uids
+from support.procs import pids_of_uids
 
 from sandbox.errors import KernelStartError, PoolClosed, PoolFull
 from sandbox.launcher import KernelSpec

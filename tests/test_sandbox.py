@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from procs import kernel_pid, pids_of_uids, rss_bytes
+from support.procs import kernel_pid, pids_of_uids, rss_bytes
 
 from sandbox.pool import KernelPool
 from sandbox.result import ExecutionStatus

@@ -19,9 +19,9 @@ import httpx
 import openai
 import pytest
 from httpx_sse import aconnect_sse
-from procs import pids_of_uids
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
+from support.procs import pids_of_uids
 from support.server import (
     BOTH_KEY,
     EXEC_KEY,

@@ -20,7 +20,7 @@ from typing import Any
 import openai
 import pytest
 from httpx_sse import aconnect_sse
-from procs import pids_of_uids
+from support.procs import pids_of_uids
 from support.server import SOLVE_KEY, LiveServer, bearer, http
 
 from runtime.server import ServerSettings, create_app

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from procs import pids_of_uids
 from schemathesis import BaseSchema, GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
 from schemathesis.generation.case import Case
 from schemathesis.openapi import from_url
+from support.procs import pids_of_uids
 from support.server import BOTH_KEY, LiveServer, Say, ScriptBook, bearer
 
 from runtime.server import ServerSettings, create_app

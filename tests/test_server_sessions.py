@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from procs import pids_of_uids
+from support.procs import pids_of_uids
 from support.server import (
     EXEC_KEY,
     OTHER_KEY,

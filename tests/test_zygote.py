@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from procs import kernel_pid, pids_of_uids
+from support.procs import kernel_pid, pids_of_uids
 
 from sandbox import zygote
 from sandbox.local import kernel_env
