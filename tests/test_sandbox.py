@@ -130,16 +130,24 @@ async def test_fork_bomb_is_contained(pool: KernelPool) -> None:
         watcher = asyncio.ensure_future(watch())
         try:
             # os.fork copies the kernel mid-cell; the copies fork on until the limits stop them, and
-            # the kernel, stuck, is killed at the wall-clock limit with everything it started.
+            # the kernel, stuck, is killed at the wall-clock limit with everything it started -- or,
+            # under load, its own fork is refused by the pids limit first and the cell raises.
             freed = await s.execute("for p in procs:\n    p.kill()\n    p.wait()\nlen(procs)")
             assert freed.status == ExecutionStatus.OK and int(freed.outputs[0].text or 0) > 8
             r = await s.execute("import os\nwhile True:\n    os.fork()", timeout_s=3)
         finally:
             watcher.cancel()
-        assert r.status == ExecutionStatus.KILLED and r.kernel_restarted, r
-        assert "ignored the interrupt" in (r.message or "")
         assert 1 < peak <= SETTINGS.max_processes + 8
-        assert (await s.execute("1 + 1")).outputs[0].text == "2" and s.restarts == 1
+        if r.status == ExecutionStatus.KILLED:
+            assert r.kernel_restarted and "ignored the interrupt" in (r.message or ""), r
+            restarts = 1
+        else:
+            # Or the pids limit refused a fork in the kernel itself first (seen under heavy load):
+            # contained too, and the kernel goes on.
+            assert r.status == ExecutionStatus.ERROR and r.error is not None, r
+            assert r.error.ename in ("BlockingIOError", "OSError"), r
+            restarts = 0
+        assert (await s.execute("1 + 1")).outputs[0].text == "2" and s.restarts == restarts
     await asyncio.sleep(0)  # let the retired kernel's close task start
     await assert_healthy(pool)
 
