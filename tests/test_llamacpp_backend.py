@@ -126,3 +126,20 @@ def test_the_server_dies_with_a_sigkilled_host(tmp_path: Path) -> None:
     finally:
         os.close(server)
         host.stdout.close()
+
+
+@pytest.mark.asyncio
+async def test_a_named_gguf_brings_its_own_tokenizer(tmp_path: Path) -> None:
+    from runtime.model_store import ensure_default_model
+    from runtime.settings import RuntimeSettings
+
+    named = tmp_path / "named.gguf"
+    named.symlink_to(ensure_default_model(RuntimeSettings()))
+    backend = await asyncio.to_thread(
+        LlamaCppBackend.launch, str(named), settings=LlamaCppSettings(parallel=1, ctx_per_slot=512)
+    )
+    try:
+        done = await backend.complete(CompletionRequest(prompt=PROMPT, max_tokens=2))
+        assert backend.tokenizer is not None and done.prompt_tokens == backend.count_tokens(PROMPT)
+    finally:
+        await backend.aclose()

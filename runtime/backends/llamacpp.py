@@ -178,7 +178,12 @@ class LlamaCppBackend:
             _stop(process)
             raise
         backend = cls(
-            process, base_url, model=gguf, lora=adapter, settings=settings, tokenizer=_tokenizer(runtime)
+            process,
+            base_url,
+            model=gguf,
+            lora=adapter,
+            settings=settings,
+            tokenizer=_tokenizer(runtime, None if model is None else gguf),
         )
         backend.log_path = log_path
         return backend
@@ -287,15 +292,18 @@ def _gguf_adapter(runtime: RuntimeSettings, model: str | None, binary: Path) -> 
     return target
 
 
-def _tokenizer(runtime: RuntimeSettings) -> Any | None:
-    """The default model's tokenizer (exact token counts, its chat template) where transformers is installed."""
+def _tokenizer(runtime: RuntimeSettings, gguf: Path | None) -> Any | None:
+    """The served model's tokenizer (exact token counts, its chat template) where transformers is
+    installed: the default model's converted folder, or read from the GGUF file a user named."""
     try:
         from transformers import AutoTokenizer
 
         from runtime.model_store import ensure_hf_model
     except ImportError:
         return None
-    return AutoTokenizer.from_pretrained(str(ensure_hf_model(runtime)))
+    if gguf is None:
+        return AutoTokenizer.from_pretrained(str(ensure_hf_model(runtime)))
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 
 def _wait_healthy(process: subprocess.Popen[bytes], base_url: str, timeout_s: float, log_path: Path) -> None:
