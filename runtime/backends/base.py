@@ -45,6 +45,9 @@ class Completion(BaseModel):
     stop: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = Field(
+        default=0, description="Of prompt_tokens, those the engine took from its cache instead of computing."
+    )
 
 
 class BackendError(RuntimeError):

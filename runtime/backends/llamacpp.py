@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -33,6 +35,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -136,9 +139,18 @@ class LlamaCppBackend:
         runtime = runtime or RuntimeSettings()
         settings = settings or LlamaCppSettings()
         binary = find_server_binary(settings)
-        gguf = ensure_default_model(runtime) if model is None else Path(model).expanduser()
-        if gguf.suffix != ".gguf" or not gguf.is_file():
-            raise BackendError(f"backend 'llamacpp' needs a .gguf model file; {gguf} is not one")
+        named = None if model is None else Path(model).expanduser()
+        if named is not None and not servable(named):
+            raise BackendError(
+                f"backend 'llamacpp' needs a .gguf model file or a local Hugging Face model folder; "
+                f"{named} is neither"
+            )
+        if named is None:
+            gguf = ensure_default_model(runtime)
+        elif named.is_dir():
+            gguf = _gguf_model(runtime, named, binary)
+        else:
+            gguf = named
         adapter = _gguf_adapter(runtime, model, binary) if lora is None else Path(lora).expanduser()
         if adapter is not None and not adapter.is_file():
             raise BackendError(f"LoRA adapter {adapter} does not exist (a GGUF LoRA file is expected)")
@@ -155,6 +167,7 @@ class LlamaCppBackend:
             "--threads-batch", str(threads),
             "--batch-size", str(settings.batch_size),
             "--no-webui",
+            "--metrics",  # decode steps and requests in flight: how batching and cancellation show
         ]  # fmt: skip
         if adapter is not None:
             args += ["--lora", str(adapter)]
@@ -183,7 +196,7 @@ class LlamaCppBackend:
             model=gguf,
             lora=adapter,
             settings=settings,
-            tokenizer=_tokenizer(runtime, None if model is None else gguf),
+            tokenizer=_tokenizer(runtime, named if named is None or named.is_dir() else gguf),
         )
         backend.log_path = log_path
         return backend
@@ -191,7 +204,62 @@ class LlamaCppBackend:
     # ----- the Backend protocol -----
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        """Continue ``request.prompt`` on the server (native ``/completion``: exact stop reasons)."""
+        """Continue ``request.prompt`` on the server (native ``/completion``: exact stop reasons).
+
+        Streamed even here: llama-server notices a closed connection only while streaming, so a
+        caller cancelled mid-generation (a client gone, a trajectory abandoned) frees its slot at
+        once instead of decoding to the token budget."""
+        async for item in self.stream(request):
+            if isinstance(item, Completion):
+                return item
+        raise BackendError("llama-server ended the stream without a final message")  # stream raises first
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[str | Completion]:
+        """``complete``, token by token: text pieces as the server decodes them, then the ``Completion``.
+
+        The server holds back text that may be the start of a stop string until it knows, so no
+        piece ever holds part of a delimiter.  Leaving the iterator early closes the connection,
+        and the server then stops decoding that sequence."""
+        self._check_alive()
+        pieces: list[str] = []
+        try:
+            async with self._client.stream(
+                "POST", "/completion", json=self._body(request, stream=True)
+            ) as response:
+                if response.status_code != 200:
+                    body = (await response.aread()).decode(errors="replace")
+                    raise BackendError(f"llama-server answered {response.status_code}: {body[:500]}")
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    data = json.loads(line[6:])
+                    if data.get("content"):
+                        pieces.append(data["content"])
+                        yield data["content"]
+                    if data.get("stop"):
+                        yield self._completion(data, "".join(pieces))
+                        return
+        except httpx.HTTPError as exc:
+            raise BackendError(f"llama-server at {self.base_url} failed: {exc!r}") from exc
+        raise BackendError("llama-server ended the stream without a final message")
+
+    async def metrics(self) -> dict[str, float]:
+        """The server's Prometheus counters without the ``llamacpp:`` prefix (``n_decode_total``:
+        decode steps, each advancing every busy slot; ``requests_processing``; token totals)."""
+        response = await self._client.get("/metrics")
+        values: dict[str, float] = {}
+        for line in response.text.splitlines():
+            if line.startswith("llamacpp:"):
+                name, _, value = line.partition(" ")
+                values[name.removeprefix("llamacpp:")] = float(value)
+        return values
+
+    def _check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise BackendError(f"llama-server exited with status {self.process.returncode}")
+
+    @staticmethod
+    def _body(request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
             "prompt": request.prompt,
             "n_predict": request.max_tokens,
@@ -202,18 +270,14 @@ class LlamaCppBackend:
             "min_p": 0.0,
             "repeat_penalty": 1.0,
             "cache_prompt": True,
+            "stream": stream,
         }
         if request.sampling.seed is not None:
             body["seed"] = request.sampling.seed
-        if self.process.poll() is not None:
-            raise BackendError(f"llama-server exited with status {self.process.returncode}")
-        try:
-            response = await self._client.post("/completion", json=body)
-        except httpx.HTTPError as exc:
-            raise BackendError(f"llama-server at {self.base_url} failed: {exc!r}") from exc
-        if response.status_code != 200:
-            raise BackendError(f"llama-server answered {response.status_code}: {response.text[:500]}")
-        data = response.json()
+        return body
+
+    def _completion(self, data: dict[str, Any], text: str) -> Completion:
+        """The server's final message as a ``Completion``, counting the prompt tokens it computed."""
         stop_type = data.get("stop_type")
         word = data.get("stopping_word") or None
         if stop_type == "word" and word:
@@ -224,14 +288,16 @@ class LlamaCppBackend:
             finish, stop = "eos", None
         timings = data.get("timings") or {}
         prompt_total = int(data.get("tokens_evaluated") or 0)
+        computed = int(timings.get("prompt_n", prompt_total))
         self.prompt_tokens_total += prompt_total
-        self.prompt_tokens_computed += int(timings.get("prompt_n", prompt_total))
+        self.prompt_tokens_computed += computed
         return Completion(
-            text=data.get("content", ""),
+            text=text,
             finish_reason=finish,
             stop=stop,
             prompt_tokens=prompt_total,
             completion_tokens=int(data.get("tokens_predicted") or 0),
+            cached_prompt_tokens=max(0, prompt_total - computed),
         )
 
     def count_tokens(self, text: str) -> int:
@@ -272,38 +338,70 @@ def _gguf_adapter(runtime: RuntimeSettings, model: str | None, binary: Path) -> 
         raise BackendError(str(exc)) from exc
     weights = folder / "adapter_model.safetensors"
     target = runtime.cache_dir / "adapters" / f"{folder.name}-{sha256_of(weights)[:16]}.gguf"
+    base = ["--base", str(ensure_hf_model(runtime)), "--outtype", "f16"]
+    return _convert(binary, "convert_lora_to_gguf.py", [*base, str(folder)], target)
+
+
+def servable(model: Path) -> bool:
+    """Whether llama-server can serve ``model``: a ``.gguf`` file, or a local Hugging Face folder
+    with safetensors weights (converted to GGUF once, see :func:`_gguf_model`)."""
+    if model.is_file():
+        return model.suffix == ".gguf"
+    return (model / "config.json").is_file() and any(model.glob("*.safetensors"))
+
+
+def _gguf_model(runtime: RuntimeSettings, folder: Path, binary: Path) -> Path:
+    """A Hugging Face model folder (``mathcoder train``'s full weights, say) as a GGUF file, converted
+    once by llama.cpp's ``convert_hf_to_gguf.py`` to 8-bit (q8_0: near-lossless, and the fastest
+    CPU format after 4-bit) and cached under the weights' hash."""
+    from runtime.adapter import sha256_of
+
+    digest = hashlib.sha256()
+    for weights in sorted(folder.glob("*.safetensors")):
+        digest.update(sha256_of(weights).encode())
+    target = runtime.cache_dir / "models" / "converted" / f"{folder.name}-{digest.hexdigest()[:16]}.q8_0.gguf"
+    return _convert(binary, "convert_hf_to_gguf.py", ["--outtype", "q8_0", str(folder)], target)
+
+
+def _convert(binary: Path, script_name: str, args: list[str], target: Path) -> Path:
+    """Run one of llama.cpp's converters (installed beside the binary by ``make llama-server``) into
+    ``target``, written under a temporary name and renamed: an interrupted conversion leaves no
+    half file that a later run would take for a model."""
     if target.is_file():
         return target
     share = binary.parent.parent / "share" / "llama.cpp"
-    script = share / "convert_lora_to_gguf.py"
+    script = share / script_name
     if not script.is_file():
-        raise BackendError(f"{script} is missing: rebuild with `make llama-server` to convert LoRA adapters")
+        raise BackendError(f"{script} is missing: rebuild with `make llama-server` to convert models")
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".gguf.partial")
+    partial = target.with_suffix(f".{os.getpid()}.partial")
     env = {**os.environ, "PYTHONPATH": str(share / "gguf-py")}
     done = subprocess.run(
-        [sys.executable, str(script), "--base", str(ensure_hf_model(runtime)), "--outfile", str(partial),
-         "--outtype", "f16", str(folder)],
+        [sys.executable, str(script), "--outfile", str(partial), *args],
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
     if done.returncode != 0:
-        raise BackendError(f"converting adapter {folder} to GGUF failed:\n{done.stderr[-2000:]}")
+        partial.unlink(missing_ok=True)
+        raise BackendError(f"{script_name} {' '.join(args)} failed:\n{done.stderr[-2000:]}")
     partial.replace(target)
     return target
 
 
-def _tokenizer(runtime: RuntimeSettings, gguf: Path | None) -> Any | None:
+def _tokenizer(runtime: RuntimeSettings, model: Path | None) -> Any | None:
     """The served model's tokenizer (exact token counts, its chat template) where transformers is
-    installed: the default model's converted folder, or read from the GGUF file a user named."""
+    installed: the default model's converted folder, the folder a user named, or read from the GGUF
+    file a user named."""
     try:
         from transformers import AutoTokenizer
 
         from runtime.model_store import ensure_hf_model
     except ImportError:
         return None
-    if gguf is None:
+    if model is None:
         return AutoTokenizer.from_pretrained(str(ensure_hf_model(runtime)))
-    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    if model.is_dir():
+        return AutoTokenizer.from_pretrained(str(model))
+    return AutoTokenizer.from_pretrained(str(model.parent), gguf_file=model.name)
 
 
 def _wait_healthy(process: subprocess.Popen[bytes], base_url: str, timeout_s: float, log_path: Path) -> None:

@@ -44,7 +44,7 @@ import asyncio
 import threading
 import warnings
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +63,7 @@ from transformers import (
 
 from runtime.adapter import AdapterError, check_base, read_card, resolve_adapter
 from runtime.backends.base import BackendError, Completion, CompletionRequest, FinishReason, SamplingParams
+from runtime.cpu import cpu_supports_bf16
 from runtime.model_store import ModelFetchError, default_model_path, ensure_hf_model
 from runtime.settings import RuntimeSettings
 
@@ -91,6 +92,9 @@ class _Row:
     window: int  # new tokens decoded each step to look for a stop string
     ended: int | None = None  # new tokens when it ended
     reason: FinishReason = "length"
+    # True once nobody waits for the row (its caller was cancelled): it ends at the next step, so a
+    # batch whose callers are all gone stops decoding.  Read from the worker thread: a flag read.
+    abandoned: Callable[[], bool] = lambda: False
 
 
 @dataclass
@@ -127,7 +131,7 @@ class _RowStopping(StoppingCriteria):
                     if any(stop in text for stop in self.rows[i].stops):
                         self.rows[i].ended, self.rows[i].reason = n, "stop"
             for i in active:
-                if self.rows[i].ended is None and n >= self.rows[i].max_new:
+                if self.rows[i].ended is None and (n >= self.rows[i].max_new or self.rows[i].abandoned()):
                     self.rows[i].ended, self.rows[i].reason = n, "length"
         done = [row.ended is not None or self.cancel.is_set() for row in self.rows]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
@@ -343,7 +347,7 @@ class TransformersBackend:
             if not batch:
                 continue
             self._inflight = batch
-            work = [(p.request, p.prompt_ids) for p in batch]
+            work = [(p.request, p.prompt_ids, p.future.done) for p in batch]
             try:
                 results = await loop.run_in_executor(self._executor, self._generate, work)
             except Exception as exc:
@@ -366,11 +370,15 @@ class TransformersBackend:
 
     # -- the worker thread -----------------------------------------------------------------------
 
-    def _generate(self, work: list[tuple[CompletionRequest, list[int]]]) -> list[Completion]:
+    def _generate(
+        self, work: list[tuple[CompletionRequest, list[int], Callable[[], bool]]]
+    ) -> list[Completion]:
         """One batched generate (runs in the worker thread)."""
-        prompts = [ids for _, ids in work]
-        rows = [self._row(request, len(ids)) for request, ids in work]
-        params = [request.sampling for request, _ in work]
+        prompts = [ids for _, ids, _ in work]
+        rows = [self._row(request, len(ids)) for request, ids, _ in work]
+        for row, (_, _, abandoned) in zip(rows, work, strict=True):
+            row.abandoned = abandoned
+        params = [request.sampling for request, _, _ in work]
         if self.static_cache:  # fixed batch shapes, so compiled graphs are reused
             for _ in range(len(work), 1 << (len(work) - 1).bit_length()):
                 prompts.append(prompts[0])
@@ -470,7 +478,8 @@ def _resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtyp
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())
+        return torch.bfloat16 if native else torch.float32
     value = getattr(torch, dtype, None)
     if not isinstance(value, torch.dtype):
         raise BackendError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16")

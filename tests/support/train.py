@@ -135,12 +135,15 @@ def tiny_tokenizer() -> object:
     return tokenizer
 
 
-def build_tiny_model(target: Path, seed: int = 0) -> Path:
-    """A 2-layer, 64-wide Llama with the tiny tokenizer and a ChatML chat template, saved to ``target``."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+def build_tiny_model(target: Path, seed: int = 0, tokenizer_from: Path | None = None) -> Path:
+    """A 2-layer, 64-wide Llama with the tiny tokenizer and a ChatML chat template, saved to ``target``.
 
-    tokenizer: Any = tiny_tokenizer()
+    ``tokenizer_from``: a model folder whose tokenizer to use instead (the default model's: a
+    tokenizer llama.cpp's converter recognises, for the llamacpp backend's fine-tuned path)."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer: Any = tiny_tokenizer() if tokenizer_from is None else AutoTokenizer.from_pretrained(tokenizer_from)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
