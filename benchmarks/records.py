@@ -64,7 +64,11 @@ class RunConfig(BaseModel):
     model: str | None = Field(
         default=None, description="Model path or id; default: the embedded SmolLM2-135M."
     )
-    backend: str = Field(default="transformers", description="Model backend: transformers, openai or vllm.")
+    backend: str = Field(
+        default="auto",
+        description="Model backend: auto (llama.cpp on a CPU where built, else transformers), "
+        "transformers, llamacpp, openai or vllm.",
+    )
     preset: str = Field(default="tir", description="Prompt preset (runtime.prompts).")
     samples: int = Field(default=1, ge=1, description="Trajectories per problem (k); >1 votes.")
     temperature: float = Field(default=0.0, ge=0, description="Sampling temperature.")

@@ -44,7 +44,7 @@ class RuntimeSettings(BaseSettings):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",
-        description="Weights' dtype for local models (MATHCODER_DTYPE); auto: bfloat16 on GPU, float32 on CPU.",
+        description="Weights' dtype for local models (MATHCODER_DTYPE); auto: bfloat16 on GPU and on CPUs with native bf16 (AVX512-BF16, AMX), else float32.",
     )
     max_batch_size: int = Field(
         default=64,

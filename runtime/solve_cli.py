@@ -31,7 +31,7 @@ class SolveOptions(BaseModel):
     model: str | None = Field(
         default=None, description="Model path or id; default: the embedded SmolLM2-135M."
     )
-    backend: str = Field(default="transformers", description=f"Model backend: {', '.join(BACKEND_KINDS)}.")
+    backend: str = Field(default="auto", description=f"Model backend: {', '.join(BACKEND_KINDS)}.")
     base_url: str | None = Field(default=None, description="Server URL for --backend openai.")
     preset: str = Field(default="tir", description=f"Prompt preset: {', '.join(PRESETS)}.")
     samples: int = Field(default=1, ge=1, description="Trajectories to sample; >1 votes (self-consistency).")

@@ -10,7 +10,7 @@ of ``--max-len`` tokens; tokens/s counts real (non-pad) tokens, as ``train_resul
 
 bf16 rows run where the CPU lacks native bf16 too (PyTorch then emulates it), so the table shows
 what ``--bf16`` would cost here; ``mathcoder train`` turns it on by default only where it is native
-(``training.trainer.cpu_supports_bf16``).
+(``runtime.cpu.cpu_supports_bf16``).
 
 Written here rather than under ``benchmarks/`` because it uses the training layer, which sits above
 the benchmarks in the package order.  Prints a table and a one-line JSON summary; writes JSON.
@@ -29,11 +29,11 @@ from typing import Any
 import torch
 
 from benchmarks.bench_io import print_table, write_results
+from runtime.cpu import cpu_supports_bf16
 from training.encode import encode_all, load_sft, resolve_format
 from training.packing import RowCollator, pack_rows
 from training.settings import TrainSettings
 from training.trainer import (
-    cpu_supports_bf16,
     load_model,
     load_tokenizer,
     resolve_model_source,

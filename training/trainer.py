@@ -48,6 +48,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint as _get_last_checkpoint
 
+from runtime.cpu import cpu_supports_bf16
 from training.encode import (
     IGNORE_INDEX,
     Encoded,
@@ -354,18 +355,6 @@ def _check_resume(settings: TrainSettings, checkpoints: Path) -> str | None:
                 "Use the same settings, or another --out"
             )
     return str(last)
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): where bf16 autocast pays off.
-
-    Without those instructions PyTorch emulates bf16 matmuls and autocast is slower than fp32.
-    """
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def _bf16(settings: TrainSettings) -> bool:

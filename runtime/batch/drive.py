@@ -220,7 +220,7 @@ def dispatch(
 
 
 # Backends whose model lives in the actor's own process (one replica per actor).
-IN_PROCESS_MODELS = frozenset({"transformers", "vllm"})
+IN_PROCESS_MODELS = frozenset({"auto", "transformers", "vllm"})  # auto is transformers on a GPU
 
 
 def start_actors(

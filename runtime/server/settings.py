@@ -40,7 +40,7 @@ class ServerSettings(BaseSettings):
 
     # -- which model ------------------------------------------------------------------------------
     backend: BackendKind = Field(
-        default="transformers", description="Model backend (see `mathcoder solve --backend`)."
+        default="auto", description="Model backend (see `mathcoder solve --backend`)."
     )
     model: str | None = Field(
         default=None, description="Model path or id; unset: the embedded default model."
