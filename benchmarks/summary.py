@@ -141,6 +141,10 @@ class Report(BaseModel):
     by_subject: dict[str, Rate]
     tool_use: ToolUse
     prompt_tokens: Stats
+    prefill_tokens: Stats = Field(
+        description="Prompt tokens the engine computed (the rest came from its cache; all, for engines without one)."
+    )
+    prefill_tokens_per_round: float = Field(description="Computed prompt tokens per model call (round).")
     completion_tokens: Stats
     time_s: Stats
     throughput: Throughput
@@ -227,6 +231,9 @@ def build_report(run_dir: str | Path) -> Report:
     multi = config.samples > 1 or any(len(r.samples) > 1 for r in records)
     prompt = [_usage_sum(r, "prompt_tokens") for r in records]
     completion = [_usage_sum(r, "completion_tokens") for r in records]
+    prefill = [p - _usage_sum(r, "cached_prompt_tokens") for p, r in zip(prompt, records, strict=True)]
+    # A round is one model call: the first, and one after each cell that ran.
+    rounds = sum(s.trace.metadata.usage.cells + 1 for s in samples if s.trace is not None)
     busy = sum(r.wall_time_s for r in records)
     span = busy / max(1, min(config.concurrency, len(records)))
     stops = Counter(
@@ -246,6 +253,8 @@ def build_report(run_dir: str | Path) -> Report:
         by_subject=_by_key(records, lambda r: _meta_str(r, "type", "subject")),
         tool_use=_tool_use(samples),
         prompt_tokens=_stats(prompt),
+        prefill_tokens=_stats(prefill),
+        prefill_tokens_per_round=sum(prefill) / rounds if rounds else 0.0,
         completion_tokens=_stats(completion),
         time_s=_stats([r.wall_time_s for r in records]),
         throughput=Throughput(
@@ -363,6 +372,7 @@ def render_markdown(report: Report) -> str:
                 (name, f"{st.mean:.1f}", f"{st.p50:.1f}", f"{st.p90:.1f}", f"{st.total:.1f}")
                 for name, st in (
                     ("prompt tokens", report.prompt_tokens),
+                    ("prompt tokens computed (not cached)", report.prefill_tokens),
                     ("completion tokens", report.completion_tokens),
                     ("time (s)", report.time_s),
                 )
@@ -371,7 +381,8 @@ def render_markdown(report: Report) -> str:
         "",
         f"Throughput over an estimated span of {report.throughput.span_s:.1f} s (busy {report.throughput.busy_s:.1f} s / "
         f"min(concurrency, problems)): {report.throughput.problems_per_s:.3f} problems/s, "
-        f"{report.throughput.tokens_per_s:.1f} tokens/s ({report.throughput.completion_tokens_per_s:.1f} completion).",
+        f"{report.throughput.tokens_per_s:.1f} tokens/s ({report.throughput.completion_tokens_per_s:.1f} completion); "
+        f"{report.prefill_tokens_per_round:.0f} prompt tokens computed per model call.",
         "",
         "## Stop reasons and errors",
         "",

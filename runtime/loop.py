@@ -181,6 +181,7 @@ async def run_trajectory(
                 timings["generate_s"] += time.monotonic() - t0
                 usage.prompt_tokens += completion.prompt_tokens
                 usage.completion_tokens += completion.completion_tokens
+                usage.cached_prompt_tokens += completion.cached_prompt_tokens
                 piece = completion.text + (completion.stop or "")
                 turn += piece
                 if piece:

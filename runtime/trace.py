@@ -61,6 +61,9 @@ class Usage(BaseModel):
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = Field(
+        default=0, description="Of prompt_tokens, those the engine served from its cache (not computed)."
+    )
     cells: int = 0
 
 
