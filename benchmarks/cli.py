@@ -109,7 +109,9 @@ def bench(
     from benchmarks.datasets import DatasetError, load_jsonl, load_problems
     from benchmarks.ray_run import run_benchmark_ray
     from benchmarks.run import RunError, RunSummary, run_benchmark
+    from runtime.adapter import model_preset
     from runtime.backends.factory import BackendChoiceError, BackendSpec
+    from runtime.settings import RuntimeSettings
     from sandbox.errors import SandboxError
     from sandbox.pool import KernelPool
     from sandbox.settings import SandboxSettings
@@ -124,7 +126,9 @@ def bench(
     data_file = str(data.resolve()) if data is not None else None
     config = validated(RunConfig, given, dataset=label, data_file=data_file)
     temp = temperature if temperature is not None else (0.0 if config.samples == 1 else 0.7)
-    config = validated(RunConfig, config.model_dump(), temperature=temp)
+    # The model's own preset unless one is named, resolved now so that the run folder records it.
+    preset = config.preset or model_preset(RuntimeSettings(), config.model)
+    config = validated(RunConfig, config.model_dump(), temperature=temp, preset=preset)
     model, backend, split, limit = config.model, config.backend, config.split, config.limit
     samples, concurrency = config.samples, config.concurrency
     try:

@@ -69,7 +69,9 @@ class RunConfig(BaseModel):
         description="Model backend: auto (llama.cpp on a CPU where built, else transformers), "
         "transformers, llamacpp, openai or vllm.",
     )
-    preset: str = Field(default="tir", description="Prompt preset (runtime.prompts).")
+    preset: str | None = Field(
+        default=None, description="Prompt preset (runtime.prompts); default: the model's own (tir if none)."
+    )
     samples: int = Field(default=1, ge=1, description="Trajectories per problem (k); >1 votes.")
     temperature: float = Field(default=0.0, ge=0, description="Sampling temperature.")
     seed: int = Field(default=0, description="Sample j of a problem samples with seed seed + j.")

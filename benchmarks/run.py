@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from benchmarks.records import Problem, ProblemRecord, RunConfig, SampleRecord
 from benchmarks.settings import BenchmarkSettings
+from runtime.adapter import FALLBACK_PRESET
 from runtime.backends.base import Backend, SamplingParams
 from runtime.batch.drive import drive_local
 from runtime.batch.folder import RunError, RunFolder
@@ -82,7 +83,7 @@ async def solve_problems(
     """Solve every problem (``config.samples`` trajectories each, sampling seeds ``config.seed`` + 0..k-1), at most
     ``config.concurrency`` trajectories at once; yield each problem's record when its last sample is
     graded.  ``limiter``, if given, bounds trajectories across several concurrent calls too."""
-    preset = get_preset(config.preset)
+    preset = get_preset(config.preset or FALLBACK_PRESET)  # the CLI resolves the model's own first
     limits = LoopLimits(max_rounds=config.max_rounds, max_tokens=config.max_tokens)
     timeout_s = BenchmarkSettings().grading_timeout_s
     k = config.samples

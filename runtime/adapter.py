@@ -98,3 +98,17 @@ def resolve_adapter(settings: RuntimeSettings, model: str | Path | None) -> Path
     folder = Path(choice).expanduser()
     read_card(folder)  # a clear error now rather than a half-loaded model later
     return folder
+
+
+FALLBACK_PRESET = "tir"
+"""The preset of a model that says nothing about its own: the few-shot prompt any chat model follows."""
+
+
+def model_preset(settings: RuntimeSettings, model: str | Path | None) -> str:
+    """The prompt preset ``model`` was trained with: its adapter's (the shipped default adapter on the
+    default model), else :data:`FALLBACK_PRESET`.  Entry points use it when the user names none."""
+    try:
+        folder = resolve_adapter(settings, model)
+    except AdapterError:
+        return FALLBACK_PRESET  # the backend reports a broken adapter itself, with the reason
+    return read_card(folder).preset if folder is not None else FALLBACK_PRESET

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.syntax import Syntax
 
+from runtime.adapter import model_preset
 from runtime.backends.base import SamplingParams
 from runtime.backends.factory import BACKEND_KINDS, BackendChoiceError, check_backend, load_backend
 from runtime.cli_options import Flag, options_from, validated
@@ -33,7 +34,10 @@ class SolveOptions(BaseModel):
     )
     backend: str = Field(default="auto", description=f"Model backend: {', '.join(BACKEND_KINDS)}.")
     base_url: str | None = Field(default=None, description="Server URL for --backend openai.")
-    preset: str = Field(default="tir", description=f"Prompt preset: {', '.join(PRESETS)}.")
+    preset: str | None = Field(
+        default=None,
+        description=f"Prompt preset: {', '.join(PRESETS)}; default: the model's own (tir if none).",
+    )
     samples: int = Field(default=1, ge=1, description="Trajectories to sample; >1 votes (self-consistency).")
     temperature: float | None = Field(
         default=None, ge=0, description="Sampling temperature; default 0 for one sample, 0.7 for several."
@@ -62,7 +66,7 @@ def solve(
     except BackendChoiceError as exc:
         raise typer.BadParameter(str(exc), param_hint="--backend") from exc
     max_rounds, max_tokens = options.max_rounds, options.max_tokens
-    chosen = get_preset(preset)
+    chosen = get_preset(preset or model_preset(RuntimeSettings(), model))
     temp = temperature if temperature is not None else (0.0 if samples == 1 else 0.7)
     limits = LoopLimits(max_rounds=max_rounds, max_tokens=max_tokens)
     console = Console(highlight=False)

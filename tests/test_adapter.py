@@ -153,3 +153,51 @@ def test_an_adapter_for_other_weights_is_refused_by_the_backend(tmp_path: Path) 
     (folder / "adapter_model.safetensors").write_bytes(b"")
     with pytest.raises(BackendError, match=r"was trained on other\.gguf"):
         TransformersBackend.load(None, RuntimeSettings(adapter=str(folder)))
+
+
+def test_entry_points_take_the_preset_the_adapter_was_trained_with(tmp_path: Path) -> None:
+    from runtime.adapter import FALLBACK_PRESET, model_preset
+    from runtime.settings import RuntimeSettings
+
+    base = tmp_path / "base.gguf"
+    base.write_bytes(b"weights")
+    folder = tmp_path / "adapter"
+    _card(folder, base)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    assert model_preset(RuntimeSettings(adapter=str(folder)), None) == "tir-sft"
+    assert model_preset(RuntimeSettings(adapter=str(folder)), "some/model") == "tir-sft"  # asked for
+    assert model_preset(RuntimeSettings(adapter="none"), None) == FALLBACK_PRESET == "tir"
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_the_llamacpp_backend_applies_an_adapter_to_the_default_model(random_adapter: Path) -> None:
+    import asyncio
+
+    from support.llamacpp import llama_server_missing
+
+    from runtime.backends.base import CompletionRequest
+    from runtime.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+    from runtime.settings import RuntimeSettings
+
+    if (missing := llama_server_missing()) is not None:
+        pytest.skip(missing)
+    request = CompletionRequest(
+        prompt="<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n", max_tokens=8
+    )
+    small = LlamaCppSettings(parallel=1, ctx_per_slot=512)
+
+    async def complete(adapter: str) -> tuple[Path | None, str]:
+        backend = await asyncio.to_thread(
+            LlamaCppBackend.launch, None, RuntimeSettings(adapter=adapter), settings=small
+        )
+        try:
+            return backend.lora, (await backend.complete(request)).text
+        finally:
+            await backend.aclose()
+
+    base_lora, base_text = await complete("none")
+    tuned_lora, tuned_text = await complete(str(random_adapter))
+    assert base_lora is None and tuned_lora is not None and tuned_lora.suffix == ".gguf"  # converted once
+    assert tuned_text != base_text  # the adapter's weights are in the forward pass

@@ -14,7 +14,6 @@ such servers and has its own suite (``test_openai_backend.py``).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from support.llamacpp import llama_server_missing
 from support.train import build_tiny_model
 
 from runtime.backends.base import Backend, BackendError, CompletionRequest, SamplingParams
@@ -33,17 +33,9 @@ module_loop = pytest.mark.asyncio(loop_scope="module")
 
 
 def _kinds() -> list[Any]:
-    kinds: list[Any] = ["transformers"]
-    try:
-        from runtime.backends.llamacpp import LlamaCppSettings, find_server_binary
-
-        find_server_binary(LlamaCppSettings())
-        kinds.append("llamacpp")
-    except BackendError as exc:
-        if os.environ.get("MATHCODER_TEST_LLAMACPP") == "require":
-            raise
-        kinds.append(pytest.param("llamacpp", marks=pytest.mark.skip(reason=f"no llama-server here ({exc})")))
-    return kinds
+    missing = llama_server_missing()
+    llamacpp = pytest.param("llamacpp", marks=pytest.mark.skip(reason=missing)) if missing else "llamacpp"
+    return ["transformers", llamacpp]
 
 
 def chat(question: str) -> str:

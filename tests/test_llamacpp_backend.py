@@ -18,18 +18,15 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from support.llamacpp import llama_server_missing
 
 from runtime.backends.base import BackendError, CompletionRequest, SamplingParams
-from runtime.backends.llamacpp import LlamaCppBackend, LlamaCppSettings, find_server_binary
+from runtime.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
 
 pytestmark = pytest.mark.slow
 
-try:
-    find_server_binary(LlamaCppSettings())
-except BackendError as exc:
-    if os.environ.get("MATHCODER_TEST_LLAMACPP") == "require":
-        raise
-    pytest.skip(f"no llama-server here ({exc})", allow_module_level=True)
+if (missing := llama_server_missing()) is not None:
+    pytest.skip(missing, allow_module_level=True)
 
 PROMPT = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"

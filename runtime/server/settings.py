@@ -50,7 +50,10 @@ class ServerSettings(BaseSettings):
         default="mathcoder",
         description="The name clients pass as `model` (the backend's own name is accepted too).",
     )
-    default_preset: str = Field(default="tir", description="Prompt preset when a request names none.")
+    default_preset: str | None = Field(
+        default=None,
+        description="Prompt preset when a request names none; unset: the model's own (tir if none).",
+    )
 
     # -- who --------------------------------------------------------------------------------------
     api_keys: SecretStr | None = Field(

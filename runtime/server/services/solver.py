@@ -16,6 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from runtime.adapter import model_preset
 from runtime.backends.base import Backend, SamplingParams
 from runtime.events import ErrorEvent, Event, ExecutionFinished, FinalAnswer
 from runtime.loop import LoopLimits, run_trajectory
@@ -30,6 +31,7 @@ from runtime.server.schemas import (
     Sampling,
 )
 from runtime.server.settings import ServerSettings
+from runtime.settings import RuntimeSettings
 from sandbox.pool import KernelPool
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,8 @@ class Solver:
     ) -> None:
         self.settings, self.backend, self.pool = settings, backend, pool
         self.admission, self.metrics = admission, metrics
+        # The model's own preset (its adapter's) when the settings name none.
+        self.default_preset = settings.default_preset or model_preset(RuntimeSettings(), settings.model)
         self.jobs: set[Job] = set()
         self._jobs_idle = asyncio.Event()
         self._jobs_idle.set()
@@ -101,7 +105,7 @@ class Solver:
         )
 
     def preset(self, name: str | None) -> PromptPreset:
-        return get_preset(name or self.settings.default_preset)
+        return get_preset(name or self.default_preset)
 
     def limits(self, asked: RequestLimits) -> tuple[LoopLimits, EffectiveLimits]:
         """The request's limits clamped to the server's ceilings; unset ones take the defaults."""
