@@ -36,7 +36,9 @@ model: setup
 QUESTION ?= Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?
 
 # llama.cpp's server, built from the llama-cpp-python source package (no prebuilt binary can be
-# downloaded here): about 4 minutes on 2 idle cores, once; the llamacpp backend and its tests use it.
+# downloaded here): about 4 minutes on 2 idle cores the first time on a machine, seconds after that
+# (kept in ~/.cache/mathcoder/llama.cpp).  The default backend (auto) runs on it on a CPU; without it
+# everything falls back to transformers, ~4x slower for one stream.
 llama-server: $(BIN)/llama-server
 
 $(BIN)/llama-server: | setup
@@ -47,7 +49,7 @@ $(BIN)/llama-server: | setup
 adapter: model
 	$(BIN)/python -m training.recipe --out runs/rebuild
 
-demo: setup model
+demo: setup model llama-server
 	$(BIN)/mathcoder solve "$(QUESTION)"
 
 lint: setup
