@@ -143,7 +143,9 @@ def build_tiny_model(target: Path, seed: int = 0, tokenizer_from: Path | None = 
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tokenizer: Any = tiny_tokenizer() if tokenizer_from is None else AutoTokenizer.from_pretrained(tokenizer_from)
+    tokenizer: Any = (
+        tiny_tokenizer() if tokenizer_from is None else AutoTokenizer.from_pretrained(tokenizer_from)
+    )
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
