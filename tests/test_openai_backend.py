@@ -28,7 +28,6 @@ from runtime.backends.base import BackendError, CompletionRequest, SamplingParam
 from runtime.backends.openai_backend import (
     OpenAIBackend,
     OpenAIBackendError,
-    find_stop,
     parse_chatml,
 )
 from runtime.backends.openai_backend import (
@@ -284,12 +283,6 @@ async def test_finish_reason_and_stop_string(
     async with ScriptedServer(Reply(200, body)) as server, fast_backend(server.base_url) as backend:
         result = await backend.complete(request)
     assert (result.text, result.finish_reason, result.stop) == expected
-
-
-def test_find_stop_prefers_the_match_that_completes_first() -> None:
-    assert find_stop("abcdef", ["cd", "b"]) == (1, "b")
-    assert find_stop("x```output\n", ["output", "```output"]) == (1, "```output")
-    assert find_stop("abc", ["zz", ""]) is None
 
 
 async def test_chat_mode_sends_messages_and_the_partial_turn() -> None:

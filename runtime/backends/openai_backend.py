@@ -69,6 +69,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.backends.base import BackendError, Completion, CompletionRequest, FinishReason
+from runtime.backends.stops import find_stop
 
 logger = logging.getLogger(__name__)
 
@@ -430,22 +431,6 @@ class OpenAIBackend:
         if retry_after_s is not None:
             delay = max(delay, min(retry_after_s, self.settings.retry_after_max_s))
         return delay
-
-
-def find_stop(text: str, stops: Sequence[str]) -> tuple[int, str] | None:
-    """Where the first stop string in ``text`` begins, and which: the match that completes first, as
-    in generation (ties: the longer one, which begins earlier).  None if there is none."""
-    best: tuple[int, int, str] | None = None
-    for stop in stops:
-        if not stop:
-            continue
-        start = text.find(stop)
-        if start < 0:
-            continue
-        key = (start + len(stop), start, stop)
-        if best is None or key[:2] < best[:2]:
-            best = key
-    return None if best is None else (best[1], best[2])
 
 
 def _classify_finish(

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from runtime.backends.base import BackendError, Completion, CompletionRequest
+from runtime.backends.stops import cut_at_stop
 
 
 @dataclass
@@ -22,16 +23,6 @@ class Step:
     text: str
     eos: bool = False  # the model ends its turn after ``text`` (if no stop string came first)
     delay_s: float = 0.0
-
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
-    """``text`` up to the first stop string in it and that string, as a server would stop; else
-    ``(text, None)``."""
-    hits = [(text.find(s), s) for s in stops if s in text]
-    if not hits:
-        return text, None
-    at, stop = min(hits)
-    return text[:at], stop
 
 
 class ChatMLWords:

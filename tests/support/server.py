@@ -25,7 +25,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from runtime.backends.base import BackendError, Completion, CompletionRequest
-from runtime.backends.scripted import ChatMLWords, cut_at_stop
+from runtime.backends.scripted import ChatMLWords
+from runtime.backends.stops import cut_at_stop
 from runtime.server import ServerSettings
 from sandbox.pool import KernelPool
 from sandbox.settings import SandboxSettings
