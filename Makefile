@@ -28,12 +28,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH)" -e ".[$(EXTRAS)]"
 	touch $@
 
-setup: $(VENV)/.installed
+# The install, and the native CPU engine the default backend runs on (see llama-server below).
+setup: $(VENV)/.installed $(BIN)/llama-server
 
 model: setup
 	$(BIN)/mathcoder model fetch
 
-QUESTION ?= Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?
+# Not in GSM8K (train or test) nor in any training set here: the demo shows the model working, not remembering.
+QUESTION ?= A bakery packs muffins in boxes of 6. Priya buys 7 boxes and gives 15 muffins to her neighbours. How many muffins does she have left?
 
 # llama.cpp's server, built from the llama-cpp-python source package (no prebuilt binary can be
 # downloaded here): about 4 minutes on 2 idle cores the first time on a machine, seconds after that
@@ -41,7 +43,7 @@ QUESTION ?= Natalia sold clips to 48 of her friends in April, and then she sold 
 # everything falls back to transformers, ~4x slower for one stream.
 llama-server: $(BIN)/llama-server
 
-$(BIN)/llama-server: | setup
+$(BIN)/llama-server: | $(VENV)/.installed
 	bash deploy/build-llama-server.sh $(BIN)
 
 # Rebuild the default adapter from nothing on this CPU: gsm8k-calc data (~25 min), LoRA training
@@ -49,7 +51,7 @@ $(BIN)/llama-server: | setup
 adapter: model
 	$(BIN)/python -m training.recipe --out runs/rebuild
 
-demo: setup model llama-server
+demo: setup model
 	$(BIN)/mathcoder solve "$(QUESTION)"
 
 lint: setup
@@ -61,7 +63,7 @@ lint: setup
 engine:
 	bash deploy/podman-ci.sh all
 
-test: lint model llama-server $(if $(ENGINE),engine)
+test: lint model $(if $(ENGINE),engine)
 	$(ENGINE_ENV) MATHCODER_TEST_LLAMACPP=require $(BIN)/pytest
 
 test-quick: setup

@@ -13,7 +13,9 @@ as the default changes.  Candidates:
 - ``transformers``: the transformers backend as ``solve``/``bench``/``serve`` run it;
 - ``transformers-bf16``: the same in bf16 (emulated, and slower, on CPUs without native bf16);
 - ``transformers-cb``: transformers' own continuous batching (``generate_batch``, paged attention);
-- ``llamacpp``: the llamacpp backend (a ``llama-server`` child on the Q4_1 GGUF).
+- ``llamacpp``: the llamacpp backend (a ``llama-server`` child on the Q4_1 GGUF);
+- ``vllm``: the vLLM backend, on a GPU (``--candidates generate,transformers,vllm`` there, where
+  ``generate`` and the transformers backend run on the GPU too, in bf16 with the static cache).
 
 Backends are built through the runtime's one factory, so a number here is a number there.  For
 each concurrency ``c`` every candidate in turn gets the same prompts (at most ``c`` in flight,
@@ -21,8 +23,7 @@ greedy, up to ``--max-tokens`` new tokens): interleaving puts them under the sam
 shared machines.  Reported: completion tokens/s over the wall time of the set, p50 latency of one
 request, p50 time to first token where the candidate streams (llamacpp), and for llamacpp the
 prompt tokens the server computed against those sent (the rest came from its prompt cache).
-vLLM is measured on a GPU by ``benchmarks/gpu/``; its CPU build is not a candidate here (see
-``docs/engines.md``).
+vLLM's CPU build is not a candidate (see ``docs/engines.md``).
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ CANDIDATES: dict[str, Callable[[], Any]] = {
     "transformers-bf16": _backend("transformers", dtype="bfloat16"),
     "transformers-cb": lambda: ModelCandidate(continuous=True),
     "llamacpp": _backend("llamacpp"),
+    "vllm": _backend("vllm"),  # on a GPU (the vllm extra)
 }
 
 

@@ -7,8 +7,9 @@ before it and is named; the end of the model's turn is ``eos``; the token budget
 exactly that many tokens; sampling is per row and seeded, also inside one batch; concurrent requests
 share engine steps; a cancelled caller stops its generation and the backend goes on serving; a
 fine-tuned model folder loads through the same path; nothing of the engine outlives ``aclose``.
-vLLM runs the same requests on a GPU (``benchmarks/gpu/``); the openai backend is the client of
-such servers and has its own suite (``test_openai_backend.py``).
+vLLM (a GPU engine, never present on these machines) is not in it yet: its engine-step and
+in-flight probes are still to be written, with a GPU to run them.  The openai backend is the client
+of such servers and has its own suite (``test_openai_backend.py``).
 """
 
 from __future__ import annotations
