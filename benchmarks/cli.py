@@ -78,6 +78,7 @@ def grade(
         "concurrency",
         "max_rounds",
         "max_tokens",
+        "wall_time_s",
         "question_field",
         "answer_field",
     ],

@@ -81,6 +81,13 @@ class RunConfig(BaseModel):
     max_tokens: int = Field(
         default=DEFAULT_MAX_TOKENS, ge=1, description="Most tokens the model writes per trajectory."
     )
+    wall_time_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds one trajectory may take: a guard against a hung engine, not a budget (the "
+        "token and round budgets are). Results must not depend on the machine's speed, and on 2 cores "
+        "with 32 in flight a trajectory of 1,024 tokens waits minutes for its share.",
+    )
     data_file: str | None = Field(default=None, description="The JSONL file the problems came from (--data).")
     question_field: str = Field(default="question", description="Question field of --data rows.")
     answer_field: str = Field(default="answer", description="Answer field of --data rows.")

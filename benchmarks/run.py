@@ -84,7 +84,9 @@ async def solve_problems(
     ``config.concurrency`` trajectories at once; yield each problem's record when its last sample is
     graded.  ``limiter``, if given, bounds trajectories across several concurrent calls too."""
     preset = get_preset(config.preset or FALLBACK_PRESET)  # the CLI resolves the model's own first
-    limits = LoopLimits(max_rounds=config.max_rounds, max_tokens=config.max_tokens)
+    limits = LoopLimits(
+        max_rounds=config.max_rounds, max_tokens=config.max_tokens, wall_time_s=config.wall_time_s
+    )
     timeout_s = BenchmarkSettings().grading_timeout_s
     k = config.samples
     units = [(p, j) for p in range(len(problems)) for j in range(k)]

@@ -321,3 +321,20 @@ def test_ray_gives_each_model_replica_its_own_gpu() -> None:
         assert len(few) == 1
     finally:
         ray.shutdown()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_run_wall_time_reaches_each_trajectory(tmp_path: Path, pool: KernelPool) -> None:
+    # The run's wall_time_s is the loop's: a trajectory slower than it stops as wall_time.
+    data, _ = write_data(tmp_path)
+    slow = {q: [dict(s, delay_s=1.0) if isinstance(s, dict) else {"text": s, "delay_s": 1.0} for s in steps]
+            for q, steps in SCRIPT.items()}  # fmt: skip
+    probs = load_jsonl(data, dataset="data", split="test", limit=1)
+    for wall, expected in ((0.2, "wall_time"), (60.0, "eos")):
+        out = tmp_path / f"run-{wall}"
+        await run_benchmark(
+            config_for(data, wall_time_s=wall), probs, backend=scripted_backend(slow), sessions=pool.session,
+            out_dir=out, progress=False,
+        )  # fmt: skip
+        trace = read(out)[0].samples[0].trace
+        assert trace is not None and trace.metadata.stop_reason == expected
