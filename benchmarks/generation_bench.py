@@ -14,6 +14,8 @@ as the default changes.  Candidates:
 - ``transformers-bf16``: the same in bf16 (emulated, and slower, on CPUs without native bf16);
 - ``transformers-cb``: transformers' own continuous batching (``generate_batch``, paged attention);
 - ``llamacpp``: the llamacpp backend (a ``llama-server`` child on the Q4_1 GGUF);
+- ``llama-batched-bench``: llama.cpp's own benchmark on the same file (256-token synthetic prompts,
+  ``c`` sequences): the engine alone, the ceiling the backend is measured against;
 - ``vllm``: the vLLM backend, on a GPU (``--candidates generate,transformers,vllm`` there, where
   ``generate`` and the transformers backend run on the GPU too, in bf16 with the static cache).
 
@@ -32,6 +34,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -165,6 +168,40 @@ class ModelCandidate:
         return None
 
 
+class RawLlamaCandidate:
+    """llama.cpp's own ``llama-batched-bench`` on the same GGUF, threads and prompt length: the
+    engine without the server, HTTP and the backend, so the backend's overhead shows."""
+
+    def __init__(self) -> None:
+        from runtime.backends.llamacpp import LlamaCppSettings, find_server_binary
+        from runtime.model_store import ensure_default_model
+
+        self.binary = find_server_binary(LlamaCppSettings()).with_name("llama-batched-bench")
+        self.model = ensure_default_model(RuntimeSettings())
+        self.prompt_tokens = 256
+
+    async def run(self, prompts: list[str], concurrency: int, max_tokens: int) -> dict[str, Any]:
+        threads = str(len(os.sched_getaffinity(0)))
+        args = [
+            str(self.binary), "-m", str(self.model), "-c", str(concurrency * (self.prompt_tokens + max_tokens)),
+            "-b", "512", "-ub", "512", "-npp", str(self.prompt_tokens), "-ntg", str(max_tokens),
+            "-npl", str(concurrency), "-t", threads, "-tb", threads, "--output-format", "jsonl",
+        ]  # fmt: skip
+        done = await asyncio.to_thread(subprocess.run, args, capture_output=True, text=True, check=True)
+        row = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+        return {
+            "completion_tokens": concurrency * max_tokens,
+            "wall_s": round(float(row["t"]), 2),
+            "tokens_per_s": round(float(row["speed_tg"]), 1),
+            "prompt_tokens_per_s": round(float(row["speed_pp"]), 1),
+            "prompt_tokens": self.prompt_tokens,
+            "load_avg": round(os.getloadavg()[0], 2),
+        }
+
+    async def close(self) -> None:
+        return None
+
+
 def _rates(tokens: int, wall: float, latencies: list[float]) -> dict[str, Any]:
     return {
         "completion_tokens": tokens,
@@ -185,6 +222,7 @@ CANDIDATES: dict[str, Callable[[], Any]] = {
     "transformers-bf16": _backend("transformers", dtype="bfloat16"),
     "transformers-cb": lambda: ModelCandidate(continuous=True),
     "llamacpp": _backend("llamacpp"),
+    "llama-batched-bench": RawLlamaCandidate,
     "vllm": _backend("vllm"),  # on a GPU (the vllm extra)
 }
 
@@ -208,7 +246,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             renderer = load_backend("transformers", None, None, base_settings())
         prompts = render(renderer, questions)
         for candidate in loaded.values():  # warm-up: first-call allocations, caches
-            await candidate.run(prompts[:2], 2, 8)
+            if not isinstance(candidate, RawLlamaCandidate):
+                await candidate.run(prompts[:2], 2, 8)
         for c in (int(x) for x in args.concurrency.split(",")):
             subset = prompts[: max(c, args.min_prompts)]
             for name, candidate in loaded.items():
