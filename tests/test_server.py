@@ -350,6 +350,12 @@ async def test_a_no_auth_server_on_loopback_serves_without_keys() -> None:
         (b'{"problem": "x", "colour": "red"}', 422, "body.colour: Extra inputs are not permitted"),
         (b'{"problem": "\\ud800"}', 422, "body.problem: Input should be a valid string"),
         (b'{"problem": "x", "stream": "yes please"}', 422, "body.stream: Input should be a valid boolean"),
+        (b'{"problem": "\xff\xfe x"}', 400, "the request body is not valid JSON: it is not UTF-8 text"),
+        (
+            b'{"problem": "x", "limits": ' + b"[" * 30000 + b"]" * 30000 + b"}",
+            400,
+            "the request body is not valid JSON: it nests too deeply",
+        ),
     ],
 )
 async def test_bad_solve_bodies_get_clear_errors(

@@ -155,6 +155,17 @@ def install_handlers(app: FastAPI) -> None:
             return error_response(PayloadTooLarge(str(exc.detail), code="body_too_large"))
         if exc.status_code == 404:
             return error_response(NotFound(str(exc.detail), code="not_found"))
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI's "error parsing the body": bytes that are not UTF-8, JSON nested past the
+            # parser's recursion limit.  Said as what it is, under the same code as other bad JSON.
+            cause = exc.__cause__
+            why = {
+                UnicodeDecodeError: "it is not UTF-8 text",
+                RecursionError: "it nests too deeply",
+            }.get(type(cause), f"{type(cause).__name__}")
+            return error_response(
+                BadRequest(f"the request body is not valid JSON: {why}", code="invalid_json")
+            )
         kind = BadRequest if exc.status_code < 500 else ApiError
         return error_response(kind(str(exc.detail), headers=exc.headers, status=exc.status_code))
 
