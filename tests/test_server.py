@@ -415,6 +415,34 @@ class RecordWaiter(logging.Handler):
         return self.record
 
 
+async def test_keys_are_never_logged(live: LiveServer, caplog: pytest.LogCaptureFixture) -> None:
+    # Every record any logger writes while a good key, a wrong key and a malformed header arrive.
+    done = RecordWaiter(lambda r: getattr(r, "request_id", None) == "keys-last")
+    everything: list[logging.LogRecord] = []
+    collect = logging.Handler()
+    collect.emit = everything.append  # type: ignore[method-assign]
+    root, access = logging.getLogger(), logging.getLogger("runtime.server.access")
+    root.addHandler(collect)
+    access.addHandler(collect)
+    access.addHandler(done)
+    wrong = "sk-wrong-" + "7" * 24
+    try:
+        with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="runtime.server.access"):
+            async with http(live.url, timeout=60) as c:
+                good = await c.get("/v1/models", headers=bearer(BOTH_KEY))
+                bad = await c.get("/v1/models", headers=bearer(wrong))
+                odd = await c.get("/v1/models", headers={"Authorization": f"Basic {wrong}"})
+                await c.get("/healthz", headers={"X-Request-ID": "keys-last"})
+                await asyncio.to_thread(done.wait, 30)  # the access log is written after the response
+    finally:
+        root.removeHandler(collect)
+        access.removeHandler(collect)
+        access.removeHandler(done)
+    assert (good.status_code, bad.status_code, odd.status_code) == (200, 401, 401)
+    text = "\n".join(JsonFormatter().format(r) for r in everything)
+    assert len(everything) >= 4 and BOTH_KEY not in text and wrong not in text
+
+
 async def test_access_logs_are_structured_with_the_request_id(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
