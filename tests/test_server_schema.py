@@ -2,7 +2,9 @@
 
 Each operation gets bounded examples, valid (positive) and invalid (negative) by the schema, sent
 with a key that holds both scopes to a real server with a scripted model and real kernels.  The
-check is Schemathesis' ``not_a_server_error``: whatever it sends, the answer is a 2xx or a 4xx.
+checks: whatever it sends, the answer is a 2xx or a 4xx (``not_a_server_error``), with a status,
+content type and body the published schema documents for that operation (the conformance checks;
+shown to fail on a route that answers a body its response model does not describe).
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import BaseSchema, GenerationMode
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from schemathesis.core.result import Ok
 from schemathesis.generation.case import Case
 from schemathesis.openapi import from_url
@@ -100,6 +107,14 @@ def test_generated_requests_never_get_a_server_error(
     )
     def check(case: Case[Any]) -> None:
         response = case.call(base_url=live.url, headers=bearer(BOTH_KEY), timeout=30)
-        case.validate_response(response, checks=[not_a_server_error])
+        case.validate_response(
+            response,
+            checks=[
+                not_a_server_error,
+                status_code_conformance,
+                content_type_conformance,
+                response_schema_conformance,
+            ],
+        )
 
     check()
