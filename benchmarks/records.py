@@ -35,7 +35,13 @@ class SampleRecord(BaseModel):
     answer: str | None
     correct: bool
     trace: Trace | None = None
-    error: str | None = None
+    error: str | None = Field(default=None, description="Why the last attempt failed (backend or sandbox).")
+    attempts: int = Field(default=1, ge=1, description="Trajectories run for this sample (1 + retries).")
+
+    @property
+    def infrastructure_failure(self) -> bool:
+        """Ended on a backend or sandbox failure after its retries: not the model's outcome."""
+        return self.error is not None
 
 
 class ProblemRecord(BaseModel):
@@ -52,6 +58,12 @@ class ProblemRecord(BaseModel):
     pass_at_k: bool = Field(description="Some sample's answer grades equal to the reference.")
     samples: list[SampleRecord]
     wall_time_s: float
+
+    @property
+    def infrastructure_failure(self) -> bool:
+        """Some sample failed for a reason outside the model: the problem is not graded, and a
+        resumed run solves it again."""
+        return any(s.infrastructure_failure for s in self.samples)
 
 
 class RunConfig(BaseModel):

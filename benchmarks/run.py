@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from benchmarks.records import Problem, ProblemRecord, RunConfig, SampleRecord
@@ -50,7 +50,13 @@ RESUMABLE_FIELDS = frozenset({"concurrency"})
 
 def benchmark_folder(out_dir: Path) -> RunFolder[RunConfig, ProblemRecord]:
     """The run folder of a benchmark run (``config.json`` + ``records.jsonl``)."""
-    return RunFolder(out_dir, RunConfig, ProblemRecord, resumable=RESUMABLE_FIELDS)
+    return RunFolder(
+        out_dir,
+        RunConfig,
+        ProblemRecord,
+        resumable=RESUMABLE_FIELDS,
+        redo=lambda record: record.infrastructure_failure,
+    )
 
 
 class RunSummary(BaseModel):
@@ -61,9 +67,13 @@ class RunSummary(BaseModel):
     resumed: int = 0
     correct: int
     pass_at_k: int
-    accuracy: float
+    accuracy: float = Field(description="Correct / graded problems (infrastructure failures are not graded).")
     pass_at_k_rate: float
-    errors: int
+    errors: int = Field(description="Samples that ended on a backend or sandbox failure after their retries.")
+    infrastructure_failures: list[str] = Field(
+        default_factory=list,
+        description="Ids of the problems not graded for that; a resumed run redoes them.",
+    )
     tool_calls: int
     completion_tokens: int
     wall_time_s: float
@@ -87,7 +97,8 @@ async def solve_problems(
     limits = LoopLimits(
         max_rounds=config.max_rounds, max_tokens=config.max_tokens, wall_time_s=config.wall_time_s
     )
-    timeout_s = BenchmarkSettings().grading_timeout_s
+    settings = BenchmarkSettings()
+    timeout_s = settings.grading_timeout_s
     k = config.samples
     units = [(p, j) for p in range(len(problems)) for j in range(k)]
     started: dict[int, float] = {}
@@ -100,26 +111,50 @@ async def solve_problems(
         p, j = units[index]
         problem = problems[p]
         started.setdefault(p, time.monotonic())
-        last: FinalAnswer | ErrorEvent | None = None
-        async with limiter if limiter is not None else contextlib.nullcontext():
-            async for event in run_trajectory(
-                problem.question,
-                backend=backend,
-                sessions=sessions,
-                preset=preset,
-                limits=limits,
-                sampling=SamplingParams(temperature=config.temperature, seed=config.seed + j),
-                model=config.model,
-                source={"dataset": problem.dataset, "split": problem.split, "id": problem.id, "sample": j},
-            ):
-                if isinstance(event, FinalAnswer | ErrorEvent):
-                    last = event
-        assert last is not None
+
+        async def attempt() -> FinalAnswer | ErrorEvent:
+            last: FinalAnswer | ErrorEvent | None = None
+            async with limiter if limiter is not None else contextlib.nullcontext():
+                async for event in run_trajectory(
+                    problem.question,
+                    backend=backend,
+                    sessions=sessions,
+                    preset=preset,
+                    limits=limits,
+                    sampling=SamplingParams(temperature=config.temperature, seed=config.seed + j),
+                    model=config.model,
+                    source={
+                        "dataset": problem.dataset,
+                        "split": problem.split,
+                        "id": problem.id,
+                        "sample": j,
+                    },
+                ):
+                    if isinstance(event, FinalAnswer | ErrorEvent):
+                        last = event
+            assert last is not None
+            return last
+
+        # An ErrorEvent is a backend or sandbox failure, never the model's outcome: run it again
+        # (with back-off); if it still fails, the sample is recorded ungraded, for a resume to redo.
+        attempts = 1
+        last = await attempt()
+        while isinstance(last, ErrorEvent) and attempts <= settings.infra_retries:
+            await asyncio.sleep(settings.retry_backoff_s * 2 ** (attempts - 1))
+            attempts += 1
+            last = await attempt()
+        if isinstance(last, ErrorEvent):
+            return (
+                p,
+                j,
+                SampleRecord(
+                    answer=None, correct=False, trace=last.trace, error=last.message, attempts=attempts
+                ),
+            )
         trace = last.trace
         answer = trace.final_answer if trace is not None else None
         correct = answer is not None and await asyncio.to_thread(equal, answer, problem.answer)
-        error = last.message if isinstance(last, ErrorEvent) else None
-        return p, j, SampleRecord(answer=answer, correct=correct, trace=trace, error=error)
+        return p, j, SampleRecord(answer=answer, correct=correct, trace=trace, attempts=attempts)
 
     labels = [f"{problems[p].id}#{j}" for p, j in units]
     async for _, (p, j, sample) in solve_all(labels, run_sample, concurrency=config.concurrency):
@@ -152,19 +187,21 @@ async def solve_problems(
 def summarize(
     records: Sequence[ProblemRecord], out_dir: Path, *, resumed: int, wall_time_s: float
 ) -> RunSummary:
-    n = len(records)
-    correct = sum(r.correct for r in records)
-    passed = sum(r.pass_at_k for r in records)
+    graded = [r for r in records if not r.infrastructure_failure]
+    n = len(graded)
+    correct = sum(r.correct for r in graded)
+    passed = sum(r.pass_at_k for r in graded)
     traces = [s.trace for r in records for s in r.samples if s.trace is not None]
     return RunSummary(
         out_dir=str(out_dir),
-        problems=n,
+        problems=len(records),
         resumed=resumed,
         correct=correct,
         pass_at_k=passed,
         accuracy=correct / n if n else 0.0,
         pass_at_k_rate=passed / n if n else 0.0,
         errors=sum(s.error is not None for r in records for s in r.samples),
+        infrastructure_failures=[r.id for r in records if r.infrastructure_failure],
         tool_calls=sum(t.metadata.usage.cells for t in traces),
         completion_tokens=sum(t.metadata.usage.completion_tokens for t in traces),
         wall_time_s=round(wall_time_s, 3),

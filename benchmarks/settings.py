@@ -29,6 +29,16 @@ class BenchmarkSettings(GradingSettings):
         ),
     )
 
+    infra_retries: int = Field(
+        default=2,
+        ge=0,
+        description="Times a trajectory that ended on a backend or sandbox failure is run again (then it "
+        "is recorded as an infrastructure failure: not graded, run again on resume).",
+    )
+    retry_backoff_s: float = Field(
+        default=2.0, ge=0, description="Seconds before the first retry; doubled before each next one."
+    )
+
     def resolve_data_dir(self, root: Path = REPO_ROOT) -> Path:
         """``data_dir`` as an absolute path, a relative one taken against ``root`` (the repository root)."""
         path = self.data_dir.expanduser()

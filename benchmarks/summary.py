@@ -151,6 +151,10 @@ class Report(BaseModel):
     stop_reasons: dict[str, int]
     sample_errors: int = Field(description="Samples whose record carries an error.")
     problems_with_errors: int
+    infrastructure_failures: list[str] = Field(
+        default_factory=list,
+        description="Problems not graded: a backend or sandbox failure after retries (a resume redoes them).",
+    )
     plots: list[str] = Field(default_factory=list, description="PNG files written next to the report.")
 
 
@@ -226,7 +230,10 @@ def _usage_sum(record: ProblemRecord, field: str) -> float:
 
 def build_report(run_dir: str | Path) -> Report:
     """Compute the report of a run folder (nothing is written; see :func:`write_report`)."""
-    config, records = load_run(run_dir)
+    config, everything = load_run(run_dir)
+    # A problem whose trajectory failed on the backend or the sandbox (after its retries) has no
+    # outcome of the model's: it is listed apart and left out of every rate and cost below.
+    records = [r for r in everything if not r.infrastructure_failure]
     samples = [s for r in records for s in r.samples]
     multi = config.samples > 1 or any(len(r.samples) > 1 for r in records)
     prompt = [_usage_sum(r, "prompt_tokens") for r in records]
@@ -265,8 +272,9 @@ def build_report(run_dir: str | Path) -> Report:
             completion_tokens_per_s=sum(completion) / span if span else 0.0,
         ),
         stop_reasons=dict(stops.most_common()),
-        sample_errors=sum(s.error is not None for s in samples),
-        problems_with_errors=sum(any(s.error is not None for s in r.samples) for r in records),
+        sample_errors=sum(s.error is not None for r in everything for s in r.samples),
+        problems_with_errors=sum(any(s.error is not None for s in r.samples) for r in everything),
+        infrastructure_failures=[r.id for r in everything if r.infrastructure_failure],
     )
 
 
@@ -389,6 +397,11 @@ def render_markdown(report: Report) -> str:
         *_table(("stop reason", "samples"), report.stop_reasons.items()),
         "",
         f"Samples with an error: {report.sample_errors} (problems: {report.problems_with_errors}).",
+        "",
+        f"Not graded (backend or sandbox failures after retries; a resumed run solves them again): "
+        f"{len(report.infrastructure_failures)}"
+        + (f" — {', '.join(report.infrastructure_failures)}" if report.infrastructure_failures else "")
+        + ".",
     ]
     if report.plots:
         lines += ["", "## Plots", "", *(f"![{p.removesuffix('.png')}]({p})" for p in report.plots)]

@@ -23,6 +23,7 @@ import pytest_asyncio
 from benchmarks.datasets import load_jsonl
 from benchmarks.records import Problem, ProblemRecord, RunConfig
 from benchmarks.run import RunError, benchmark_folder, run_benchmark
+from benchmarks.summary import build_report
 from runtime.backends.factory import BackendSpec, scripted_backend
 from runtime.grading import is_equivalent
 from sandbox.pool import KernelPool
@@ -38,7 +39,14 @@ SUBPROCESS_ENV = {
     "MATHCODER_SANDBOX_UID_BASE": "64200",
     "MATHCODER_SANDBOX_POOL_SIZE": "0",
     "MATHCODER_SANDBOX_RUN_DIR": str(SandboxSettings().run_dir / "test-bench-cli"),
+    "MATHCODER_BENCH_RETRY_BACKOFF_S": "0",
 }
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failed trajectories (the scripted ones that run out of steps) are retried without waiting."""
+    monkeypatch.setenv("MATHCODER_BENCH_RETRY_BACKOFF_S", "0")
 
 
 def eos(text: str, delay_s: float = 0.0) -> dict[str, Any]:
@@ -74,6 +82,8 @@ def write_data(folder: Path, delay_s: float = 0.0) -> tuple[Path, Path]:
 
 
 def config_for(data: Path, **kw: Any) -> RunConfig:
+    """A config as ``mathcoder bench`` writes it (the CLI resolves the model's preset: tir here)."""
+    kw.setdefault("preset", "tir")
     return RunConfig(dataset="data", split="test", backend="scripted", data_file=str(data.resolve()), **kw)
 
 
@@ -338,3 +348,39 @@ async def test_the_run_wall_time_reaches_each_trajectory(tmp_path: Path, pool: K
         )  # fmt: skip
         trace = read(out)[0].samples[0].trace
         assert trace is not None and trace.metadata.stop_reason == expected
+
+
+FAIL = {"text": "", "fail": True}
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_infrastructure_failures_are_retried_not_graded_and_redone_on_resume(
+    tmp_path: Path, pool: KernelPool
+) -> None:
+    data, _ = write_data(tmp_path)
+    probs = load_jsonl(data, dataset="data", split="test", limit=2)
+    (q1, *_), (q2, *_) = ROWS[:2]
+    config, out = config_for(data), tmp_path / "run"
+    # q1: the engine fails once, then answers (a retry within the run); q2: it fails every time.
+    flaky = {q1: [FAIL, eos("So \\boxed{5}.")], q2: [FAIL, FAIL, FAIL, FAIL]}
+    summary = await run_benchmark(
+        config, probs, backend=scripted_backend(flaky), sessions=pool.session, out_dir=out, progress=False
+    )
+    first, second = read(out)
+    assert (first.correct, first.samples[0].attempts, first.infrastructure_failure) == (True, 2, False)
+    assert second.infrastructure_failure and second.samples[0].attempts == 3  # 1 + 2 retries
+    assert "fails (scripted)" in (second.samples[0].error or "")
+    assert (summary.correct, summary.accuracy, summary.infrastructure_failures) == (1, 1.0, [second.id])
+    report = build_report(out)
+    assert (
+        report.problems == 1 and report.accuracy.rate == 1.0 and report.infrastructure_failures == [second.id]
+    )
+    # The engine is back: a resume solves only the ungraded problem, and grades it.
+    healed = {q2: [eos("So \\boxed{7}.")]}
+    again = await run_benchmark(
+        config, probs, backend=scripted_backend(healed), sessions=pool.session, out_dir=out, progress=False
+    )
+    records = read(out)
+    assert [r.id for r in records] == [p.id for p in probs] and again.resumed == 1
+    assert not records[1].infrastructure_failure and records[1].answer == "7"
+    assert again.infrastructure_failures == [] and again.accuracy == 0.5

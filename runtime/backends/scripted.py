@@ -23,6 +23,7 @@ class Step:
     text: str
     eos: bool = False  # the model ends its turn after ``text`` (if no stop string came first)
     delay_s: float = 0.0
+    fail: bool = False  # the engine fails here (BackendError): an infrastructure failure, for tests
 
 
 class ChatMLWords:
@@ -71,6 +72,8 @@ class ScriptedBackend(ChatMLWords):
         step = self.scripts[key][index]
         if step.delay_s:
             await asyncio.sleep(step.delay_s)
+        if step.fail:
+            raise BackendError(f"scripted backend: step {index} of {key!r} fails (scripted)")
         text, stop = cut_at_stop(step.text, request.stop)
         if stop is not None:
             return Completion(

@@ -9,7 +9,7 @@ mean two writers and are refused; the finished file is rewritten in input order 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
@@ -41,10 +41,12 @@ class RunFolder(Generic[ConfigT, RecordT]):
         *,
         records_name: str = "records.jsonl",
         resumable: frozenset[str] = frozenset(),
+        redo: Callable[[RecordT], bool] | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.config_type, self.record_type = config_type, record_type
         self.resumable = resumable
+        self.redo = redo  # records a resume runs again (an infrastructure failure, not an outcome)
         self.config_path = self.out_dir / "config.json"
         self.records_path = self.out_dir / records_name
 
@@ -64,7 +66,11 @@ class RunFolder(Generic[ConfigT, RecordT]):
                     "use another --out folder, or repeat the saved options to resume it"
                 )
         write_atomic(self.config_path, config.model_dump_json(indent=2) + "\n")
-        return {_id(r): r for r in self._read()}
+        records = self._read()
+        if self.redo is not None and any(self.redo(r) for r in records):
+            records = [r for r in records if not self.redo(r)]
+            write_jsonl(self.records_path, records)  # atomic: the old file or the new, never half
+        return {_id(r): r for r in records}
 
     def _read(self) -> list[RecordT]:
         if not self.records_path.exists():
