@@ -63,6 +63,17 @@ def _card(folder: Path, base: Path) -> AdapterCard:
     return card
 
 
+def _complete_folder(tmp_path: Path, base_name: str, weights: bytes) -> Path:
+    """An adapter folder with its card (for a base file of ``weights``) and empty peft files."""
+    base = tmp_path / base_name
+    base.write_bytes(weights)
+    folder = tmp_path / "adapter"
+    _card(folder, base)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    return folder
+
+
 def test_an_adapter_is_applied_only_to_its_own_base(tmp_path: Path) -> None:
     base = tmp_path / "base.gguf"
     base.write_bytes(b"weights")
@@ -145,12 +156,7 @@ def test_an_adapter_for_other_weights_is_refused_by_the_backend(tmp_path: Path) 
     from runtime.backends.transformers_backend import TransformersBackend
     from runtime.settings import RuntimeSettings
 
-    other = tmp_path / "other.gguf"
-    other.write_bytes(b"not the default model")
-    folder = tmp_path / "adapter"
-    _card(folder, other)
-    (folder / "adapter_config.json").write_text("{}")
-    (folder / "adapter_model.safetensors").write_bytes(b"")
+    folder = _complete_folder(tmp_path, "other.gguf", b"not the default model")
     with pytest.raises(BackendError, match=r"was trained on other\.gguf"):
         TransformersBackend.load(None, RuntimeSettings(adapter=str(folder)))
 
@@ -159,12 +165,7 @@ def test_entry_points_take_the_preset_the_adapter_was_trained_with(tmp_path: Pat
     from runtime.adapter import FALLBACK_PRESET, model_preset
     from runtime.settings import RuntimeSettings
 
-    base = tmp_path / "base.gguf"
-    base.write_bytes(b"weights")
-    folder = tmp_path / "adapter"
-    _card(folder, base)
-    (folder / "adapter_config.json").write_text("{}")
-    (folder / "adapter_model.safetensors").write_bytes(b"")
+    folder = _complete_folder(tmp_path, "base.gguf", b"weights")
     assert model_preset(RuntimeSettings(adapter=str(folder)), None) == "tir-sft"
     assert model_preset(RuntimeSettings(adapter=str(folder)), "some/model") == "tir-sft"  # asked for
     assert model_preset(RuntimeSettings(adapter="none"), None) == FALLBACK_PRESET == "tir"

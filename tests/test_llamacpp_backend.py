@@ -1,4 +1,6 @@
-"""The llamacpp backend against a real llama-server child serving the embedded default model.
+"""The llamacpp backend against a real llama-server child serving the embedded default model: what
+is its own (the prompt cache, the process's life, a named GGUF's tokenizer).  The contract every
+backend keeps (stop strings, eos, length, seeds, cancellation) is in ``test_backend_conformance.py``.
 
 Needs the ``llama-server`` binary (``make llama-server``; ``make test`` builds it and sets
 ``MATHCODER_TEST_LLAMACPP=require`` so that a missing binary fails instead of skipping).
@@ -20,7 +22,7 @@ import pytest
 import pytest_asyncio
 from support.llamacpp import llama_server_missing
 
-from runtime.backends.base import BackendError, CompletionRequest, SamplingParams
+from runtime.backends.base import BackendError, CompletionRequest
 from runtime.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
 
 pytestmark = pytest.mark.slow
@@ -45,44 +47,6 @@ async def backend() -> AsyncIterator[LlamaCppBackend]:
 
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
-
-
-@module_loop
-async def test_a_stop_string_is_reported_and_cut(backend: LlamaCppBackend) -> None:
-    full = await backend.complete(CompletionRequest(prompt=PROMPT, max_tokens=64))
-    assert "5" in full.text
-    # A stop string that only appears mid-generation, and spans the tokens ", 5" etc.
-    stop = full.text[full.text.index("5") : full.text.index("5") + 3]
-    done = await backend.complete(CompletionRequest(prompt=PROMPT, max_tokens=64, stop=(stop,)))
-    assert (done.finish_reason, done.stop) == ("stop", stop)
-    assert stop not in done.text and full.text.startswith(done.text)
-
-
-@module_loop
-async def test_length_and_token_counts(backend: LlamaCppBackend) -> None:
-    done = await backend.complete(CompletionRequest(prompt=PROMPT, max_tokens=5))
-    assert done.finish_reason == "length" and done.completion_tokens == 5
-    assert done.prompt_tokens == backend.count_tokens(PROMPT)
-
-
-@module_loop
-async def test_end_of_turn_is_eos(backend: LlamaCppBackend) -> None:
-    prompt = PROMPT.replace("Count from 1 to 20, separated by commas.", "Say only the word yes.")
-    done = await backend.complete(CompletionRequest(prompt=prompt, max_tokens=200))
-    assert done.finish_reason == "eos" and done.stop is None
-
-
-@module_loop
-async def test_sampling_seeds_repeat_and_differ(backend: LlamaCppBackend) -> None:
-    async def sample(seed: int) -> str:
-        params = SamplingParams(temperature=1.2, seed=seed)
-        request = CompletionRequest(
-            prompt=PROMPT.replace("1 to 20", "a poem"), max_tokens=24, sampling=params
-        )
-        return (await backend.complete(request)).text
-
-    assert await sample(1) == await sample(1)
-    assert len({await sample(s) for s in (1, 2, 3)}) > 1
 
 
 @module_loop
