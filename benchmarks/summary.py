@@ -144,7 +144,10 @@ class Report(BaseModel):
     prefill_tokens: Stats = Field(
         description="Prompt tokens the engine computed (the rest came from its cache; all, for engines without one)."
     )
-    prefill_tokens_per_round: float = Field(description="Computed prompt tokens per model call (round).")
+    prefill_tokens_per_round: float = Field(
+        description="Computed prompt tokens per round (the first model call and one after each cell; a "
+        "step continued past its token cap is in the same round)."
+    )
     completion_tokens: Stats
     time_s: Stats
     throughput: Throughput
@@ -234,6 +237,7 @@ def build_report(run_dir: str | Path) -> Report:
     # A problem whose trajectory failed on the backend or the sandbox (after its retries) has no
     # outcome of the model's: it is listed apart and left out of every rate and cost below.
     records = [r for r in everything if not r.infrastructure_failure]
+    failures = [r.id for r in everything if r.infrastructure_failure]
     samples = [s for r in records for s in r.samples]
     multi = config.samples > 1 or any(len(r.samples) > 1 for r in records)
     prompt = [_usage_sum(r, "prompt_tokens") for r in records]
@@ -273,8 +277,8 @@ def build_report(run_dir: str | Path) -> Report:
         ),
         stop_reasons=dict(stops.most_common()),
         sample_errors=sum(s.error is not None for r in everything for s in r.samples),
-        problems_with_errors=sum(any(s.error is not None for s in r.samples) for r in everything),
-        infrastructure_failures=[r.id for r in everything if r.infrastructure_failure],
+        problems_with_errors=len(failures),  # a sample error is what makes a problem one
+        infrastructure_failures=failures,
     )
 
 
@@ -390,7 +394,7 @@ def render_markdown(report: Report) -> str:
         f"Throughput over an estimated span of {report.throughput.span_s:.1f} s (busy {report.throughput.busy_s:.1f} s / "
         f"min(concurrency, problems)): {report.throughput.problems_per_s:.3f} problems/s, "
         f"{report.throughput.tokens_per_s:.1f} tokens/s ({report.throughput.completion_tokens_per_s:.1f} completion); "
-        f"{report.prefill_tokens_per_round:.0f} prompt tokens computed per model call.",
+        f"{report.prefill_tokens_per_round:.0f} prompt tokens computed per round (model call after each cell).",
         "",
         "## Stop reasons and errors",
         "",

@@ -110,6 +110,7 @@ def load_backend(
 
 def resolve_kind(model: str | None) -> tuple[str, str]:
     """What ``auto`` means for ``model`` on this machine: the kind, and why (for the log)."""
+    from runtime.backends.base import BackendError
     from runtime.backends.llamacpp import LlamaCppSettings, find_server_binary, servable
 
     try:
@@ -123,7 +124,7 @@ def resolve_kind(model: str | None) -> tuple[str, str]:
         return "transformers", f"{model} is neither a .gguf file nor a local Hugging Face folder"
     try:
         binary = find_server_binary(LlamaCppSettings())
-    except Exception as exc:  # BackendError: not built; the message says how to build it
+    except BackendError as exc:  # not built: the message says how to build it
         return "transformers", str(exc)
     return "llamacpp", f"{binary}"
 

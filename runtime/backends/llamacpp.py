@@ -196,7 +196,7 @@ class LlamaCppBackend:
             model=gguf,
             lora=adapter,
             settings=settings,
-            tokenizer=_tokenizer(runtime, named if named is None or named.is_dir() else gguf),
+            tokenizer=_tokenizer(runtime, named),
         )
         backend.log_path = log_path
         return backend

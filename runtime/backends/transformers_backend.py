@@ -375,9 +375,7 @@ class TransformersBackend:
     ) -> list[Completion]:
         """One batched generate (runs in the worker thread)."""
         prompts = [ids for _, ids, _ in work]
-        rows = [self._row(request, len(ids)) for request, ids, _ in work]
-        for row, (_, _, abandoned) in zip(rows, work, strict=True):
-            row.abandoned = abandoned
+        rows = [self._row(request, len(ids), abandoned) for request, ids, abandoned in work]
         params = [request.sampling for request, _, _ in work]
         if self.static_cache:  # fixed batch shapes, so compiled graphs are reused
             for _ in range(len(work), 1 << (len(work) - 1).bit_length()):
@@ -412,7 +410,9 @@ class TransformersBackend:
         new_tokens = out[: len(work), width:].tolist()
         return [self._finish(rows[i], new_tokens[i]) for i in range(len(work))]
 
-    def _row(self, request: CompletionRequest, prompt_tokens: int) -> _Row:
+    def _row(
+        self, request: CompletionRequest, prompt_tokens: int, abandoned: Callable[[], bool] = lambda: False
+    ) -> _Row:
         max_new = request.max_tokens
         if self._max_positions is not None:
             max_new = min(max_new, self._max_positions - prompt_tokens)
@@ -420,7 +420,9 @@ class TransformersBackend:
         # A stop string of b bytes lies within its last b tokens (each token is at least one byte);
         # two more keep a decoder's cleanup of the window's first token away from it.
         window = max((len(s.encode()) for s in stops), default=0) + 2
-        return _Row(prompt_tokens=prompt_tokens, max_new=max_new, stops=stops, window=window)
+        return _Row(
+            prompt_tokens=prompt_tokens, max_new=max_new, stops=stops, window=window, abandoned=abandoned
+        )
 
     def _finish(self, row: _Row, new_tokens: list[int]) -> Completion:
         ended = row.ended if row.ended is not None else len(new_tokens)
