@@ -16,7 +16,7 @@ EXTRAS ?= dev,local
 ENGINE ?= $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && echo podman)
 ENGINE_ENV := $(if $(ENGINE),MATHCODER_TEST_DOCKER=require DOCKER_HOST=unix:///run/podman/podman.sock)
 
-.PHONY: demo test test-quick lint setup model engine llama-server adapter clean
+.PHONY: demo test test-quick lint setup model engine browser llama-server adapter clean
 
 $(VENV)/.installed: pyproject.toml
 	@# The sandbox isolates kernels with bubblewrap (setpriv comes with util-linux).
@@ -63,7 +63,14 @@ lint: setup
 engine:
 	bash deploy/podman-ci.sh all
 
-test: lint model $(if $(ENGINE),engine)
+# The playground's browser tests drive Debian's chromium through chromedriver; installed where we are
+# root on Debian (CI), as bubblewrap is, and required there; elsewhere those tests skip, saying why.
+browser:
+	@command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null); } || \
+	  echo "note: chromium/chromedriver are missing; the playground's browser tests will skip"
+
+test: lint model browser $(if $(ENGINE),engine)
 	$(ENGINE_ENV) MATHCODER_TEST_LLAMACPP=require $(BIN)/pytest
 
 test-quick: setup

@@ -23,7 +23,7 @@ Backends are built through the runtime's one factory, so a number here is a numb
 each concurrency ``c`` every candidate in turn gets the same prompts (at most ``c`` in flight,
 greedy, up to ``--max-tokens`` new tokens): interleaving puts them under the same load on these
 shared machines.  Reported: completion tokens/s over the wall time of the set, p50 latency of one
-request, p50 time to first token where the candidate streams (llamacpp), and for llamacpp the
+request, p50 time to first token (every backend streams), and for llamacpp the
 prompt tokens the server computed against those sent (the rest came from its prompt cache).
 vLLM's CPU build is not a candidate (see ``docs/engines.md``).
 """
@@ -70,14 +70,11 @@ class BackendCandidate:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self.streams = hasattr(backend, "stream")
 
     async def one(self, prompt: str, max_tokens: int) -> tuple[int, float | None]:
         request = CompletionRequest(prompt=prompt, max_tokens=max_tokens)
-        if not self.streams:
-            return (await self.backend.complete(request)).completion_tokens, None
         started, first = time.perf_counter(), None
-        async for item in self.backend.stream(request):  # type: ignore[attr-defined]
+        async for item in self.backend.stream(request):
             if first is None:
                 first = time.perf_counter() - started
             if isinstance(item, Completion):

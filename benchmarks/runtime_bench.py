@@ -19,8 +19,8 @@ import argparse
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,12 @@ class _RoundsBackend:
     async def complete(self, request: CompletionRequest) -> Completion:
         await self.barrier.phase("generate")
         return await self.inner.complete(request)
+
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
+        await self.barrier.phase("generate")
+        async with aclosing(self.inner.stream(request)) as items:
+            async for item in items:
+                yield item
 
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)

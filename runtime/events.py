@@ -11,9 +11,26 @@ from sandbox.result import ExecutionResult
 
 
 class TextDelta(BaseModel):
-    """Model text, as it arrives (one piece per generation step for non-streaming backends)."""
+    """Model text as it arrives, delimiters and stop strings included: a trajectory's text deltas
+    join to exactly what the model wrote (its turn without the runtime-written outputs)."""
 
     type: Literal["text"] = "text"
+    text: str
+
+
+class ProseDelta(BaseModel):
+    """Prose as it arrives, with the format's delimiters left out (held back until known not to be
+    one): a trajectory's prose and code deltas, in order, join to its trace's text and code blocks."""
+
+    type: Literal["prose_delta"] = "prose_delta"
+    text: str
+
+
+class CodeDelta(BaseModel):
+    """Code of cell ``index`` as it arrives (the cell is announced whole by ``CodeCell`` when it closes)."""
+
+    type: Literal["code_delta"] = "code_delta"
+    index: int
     text: str
 
 
@@ -57,6 +74,13 @@ class ErrorEvent(BaseModel):
 
 
 Event = Annotated[
-    TextDelta | CodeCell | ExecutionStarted | ExecutionFinished | FinalAnswer | ErrorEvent,
+    TextDelta
+    | ProseDelta
+    | CodeDelta
+    | CodeCell
+    | ExecutionStarted
+    | ExecutionFinished
+    | FinalAnswer
+    | ErrorEvent,
     Field(discriminator="type"),
 ]

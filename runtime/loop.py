@@ -19,7 +19,8 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.answers import extract_answer
-from runtime.backends.base import Backend, BackendError, CompletionRequest, SamplingParams
+from runtime.backends.base import Backend, BackendError, Completion, CompletionRequest, SamplingParams
+from runtime.deltas import TypedDeltas
 from runtime.events import (
     CodeCell,
     ErrorEvent,
@@ -121,6 +122,7 @@ async def run_trajectory(
     prompt = preset.render(problem, backend)
     started = time.monotonic()
     deadline = started + limits.wall_time_s
+    loop_deadline = asyncio.get_running_loop().time() + limits.wall_time_s  # the same, on the loop's clock
     turn = ""  # the model's turn so far, runtime-written output included
     pending_start = 0  # where the text since the last output begins
     blocks: list[Block] = []
@@ -129,10 +131,19 @@ async def run_trajectory(
     provenance: list[CellProvenance] = []
     last_code: str | None = None
     last_error: tuple[str, str] | None = None
+    deltas = TypedDeltas(fmt)
+
+    def last_segment() -> tuple[str, str | None]:
+        """The prose and unclosed cell the turn ends with (after its last output or closed cell)."""
+        return fmt.stream_view(turn[pending_start:], final=True)
 
     def trace(stop: str | None) -> Trace:
-        leftover = fmt.plain_text(turn[pending_start:])
-        final_blocks = [*blocks, TextBlock(text=leftover)] if leftover else list(blocks)
+        prose, unclosed = last_segment()
+        final_blocks = list(blocks)
+        if prose:
+            final_blocks.append(TextBlock(text=prose))
+        if unclosed is not None:  # written, never closed, never run: kept as the model wrote it
+            final_blocks.append(CodeBlock(code=unclosed))
         texts = [b.text for b in final_blocks if isinstance(b, TextBlock)]
         answer = extract_answer(texts[-1]).answer if texts else None
         timings["total_s"] = time.monotonic() - started
@@ -173,19 +184,38 @@ async def run_trajectory(
                     sampling=sampling,
                 )
                 t0 = time.monotonic()
+                written = ""  # this step's text so far
+                completion: Completion | None = None
                 try:
-                    completion = await asyncio.wait_for(backend.complete(request), remaining_s)
+                    async with contextlib.aclosing(backend.stream(request)) as pieces:
+                        while completion is None:
+                            # The deadline bounds only the wait for the next piece, never a yield:
+                            # a timeout that fired while the consumer held the event would cancel
+                            # the consumer's own await instead.
+                            async with asyncio.timeout_at(loop_deadline):
+                                item = await anext(pieces)
+                            if isinstance(item, Completion):
+                                completion = item
+                                continue
+                            written += item
+                            yield TextDelta(text=item)
+                            for delta in deltas.update(turn[pending_start:] + written, len(provenance)):
+                                yield delta
+                except StopAsyncIteration:
+                    pass  # no completion: said below
                 except TimeoutError:
+                    turn += written  # what the model wrote before the cut is part of its turn
                     stop = StopReason.WALL_TIME
                     break
                 timings["generate_s"] += time.monotonic() - t0
+                if completion is None:
+                    raise BackendError(f"{backend.name}: the stream ended without a completion")
                 usage.prompt_tokens += completion.prompt_tokens
                 usage.completion_tokens += completion.completion_tokens
                 usage.cached_prompt_tokens += completion.cached_prompt_tokens
-                piece = completion.text + (completion.stop or "")
-                turn += piece
-                if piece:
-                    yield TextDelta(text=piece)
+                if completion.stop:
+                    yield TextDelta(text=completion.stop)
+                turn += completion.text + (completion.stop or "")
                 pending = turn[pending_start:]
                 cell = fmt.split_cell(pending) if completion.finish_reason == "stop" else None
                 if cell is None:
@@ -201,14 +231,18 @@ async def run_trajectory(
                     blocks.append(TextBlock(text=prose))
                 blocks.append(CodeBlock(code=code))
                 index = len(provenance)
+                for delta in deltas.settle(prose, code, index):
+                    yield delta
                 yield CodeCell(index=index, code=code)
                 if index >= limits.max_rounds:
                     stop = StopReason.MAX_ROUNDS
                     pending_start = len(turn)
+                    deltas.next_segment()
                     break
                 if code == last_code:
                     stop = StopReason.REPEATED_CELL
                     pending_start = len(turn)
+                    deltas.next_segment()
                     break
                 if session is None:
                     session = await stack.enter_async_context(sessions())
@@ -223,14 +257,19 @@ async def run_trajectory(
                 yield ExecutionFinished(index=index, result=result, output=output)
                 turn += fmt.output_suffix(pending, output)
                 pending_start = len(turn)
+                deltas.next_segment()
                 error = (result.error.ename, result.error.evalue) if result.error is not None else None
                 if error is not None and error == last_error:
                     stop = StopReason.REPEATED_ERROR
                     break
                 last_error, last_code = error, code
         except (BackendError, SandboxError) as exc:
+            for delta in deltas.settle(*last_segment(), len(provenance)):
+                yield delta
             yield ErrorEvent(message=f"{type(exc).__name__}: {exc}", trace=trace("error"))
             return
+        for delta in deltas.settle(*last_segment(), len(provenance)):
+            yield delta
         final = trace(stop.value)
         yield FinalAnswer(answer=final.final_answer, stop_reason=stop.value, trace=final)
 

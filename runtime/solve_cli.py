@@ -8,14 +8,14 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
-from rich.syntax import Syntax
+from rich.markup import escape
 
 from runtime.adapter import model_preset
 from runtime.backends.base import SamplingParams
 from runtime.backends.factory import BACKEND_KINDS, BackendChoiceError, check_backend, load_backend
 from runtime.cli_options import Flag, options_from, validated
 from runtime.consistency import majority_vote_async
-from runtime.events import CodeCell, ErrorEvent, ExecutionFinished, FinalAnswer, TextDelta
+from runtime.events import CodeCell, CodeDelta, ErrorEvent, ExecutionFinished, FinalAnswer, ProseDelta
 from runtime.loop import DEFAULT_MAX_TOKENS, LoopLimits, run_trajectory
 from runtime.prompts import PRESETS, get_preset
 from runtime.settings import RuntimeSettings
@@ -80,6 +80,7 @@ def solve(
             async with KernelPool(sandbox) as pool:
 
                 async def one(i: int) -> FinalAnswer | ErrorEvent:
+                    view = TerminalView(console)
                     sampling = SamplingParams(temperature=temp, seed=i if temp > 0 else None)
                     last: FinalAnswer | ErrorEvent | None = None
                     async for event in run_trajectory(
@@ -91,7 +92,7 @@ def solve(
                         sampling=sampling,
                     ):
                         if samples == 1 and not as_json:
-                            show(console, event)
+                            view.show(event)
                         if isinstance(event, FinalAnswer | ErrorEvent):
                             last = event
                     assert last is not None
@@ -126,17 +127,55 @@ def solve(
     raise typer.Exit(code)
 
 
-def show(console: Console, event: object) -> None:
-    """Render one event for a person at a terminal."""
-    if isinstance(event, TextDelta):
-        console.print(event.text, end="", markup=False)
-    elif isinstance(event, CodeCell):
-        console.print()
-        console.print(Syntax(event.code, "python", theme="ansi_dark", line_numbers=False))
-    elif isinstance(event, ExecutionFinished):
-        style = "green" if event.result.status.value == "ok" else "red"
-        console.print(f"[{style}]>>> {event.output}[/{style}]", markup=True, highlight=False)
-    elif isinstance(event, FinalAnswer):
-        console.print(f"\n[bold]answer:[/bold] {event.answer}  [dim]({event.stop_reason})[/dim]")
-    elif isinstance(event, ErrorEvent):
-        console.print(f"\n[red]error:[/red] {event.message}")
+class TerminalView:
+    """A trajectory's events for a person, as they arrive: prose as the model writes it, each cell's
+    code as code, its output set apart, the answer at the end.  At a terminal, colour marks what is
+    what; elsewhere (a pipe, a file) the same stream is plain Markdown: code and output fenced."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.plain = not console.is_terminal
+        self.open_cell: int | None = None
+        self.at_line_start = True
+
+    def _write(self, text: str, style: str | None = None) -> None:
+        if text:
+            self.console.print(text, end="", style=style, markup=False, highlight=False, soft_wrap=True)
+            self.at_line_start = text.endswith("\n")
+
+    def _line_break(self) -> None:
+        if not self.at_line_start:
+            self._write("\n")
+
+    def show(self, event: object) -> None:
+        if isinstance(event, ProseDelta):
+            self._write(event.text)
+        elif isinstance(event, CodeDelta):
+            if self.open_cell != event.index:
+                self.open_cell = event.index
+                self._line_break()
+                self._write("```python\n" if self.plain else f"── cell {event.index + 1} ──\n", "dim")
+            self._write(event.text, None if self.plain else "cyan")
+        elif isinstance(event, CodeCell):
+            if self.open_cell != event.index:  # nothing streamed: the whole cell now
+                self._line_break()
+                self._write("```python\n" if self.plain else f"── cell {event.index + 1} ──\n", "dim")
+                self._write(event.code, None if self.plain else "cyan")
+            self.open_cell = None
+            self._line_break()
+            if self.plain:
+                self._write("```\n")
+        elif isinstance(event, ExecutionFinished):
+            ok = event.result.status.value == "ok"
+            if self.plain:
+                self._write(f"```output\n{event.output}\n```\n")
+            else:
+                marked = "".join(f"│ {line}\n" for line in (event.output or " ").splitlines())
+                self._write(marked, "green" if ok else "red")
+        elif isinstance(event, FinalAnswer):
+            self._line_break()
+            answer = escape(str(event.answer))
+            self.console.print(f"\n[bold]answer:[/bold] {answer}  [dim]({event.stop_reason})[/dim]")
+        elif isinstance(event, ErrorEvent):
+            self._line_break()
+            self.console.print(f"\n[red]error:[/red] {escape(event.message)}", highlight=False)

@@ -15,6 +15,7 @@ of such servers and has its own suite (``test_openai_backend.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -169,6 +170,55 @@ async def test_a_cancelled_caller_stops_its_generation_and_the_backend_goes_on(b
     await until(lambda: _idle(backend), 5.0, "the cancelled generation is still running after 5 s")
     done = await backend.complete(CompletionRequest(prompt=COUNT, max_tokens=4))
     assert done.completion_tokens == 4
+
+
+@module_loop
+async def test_streamed_pieces_join_to_the_completion_and_never_show_a_stop(backend: Backend) -> None:
+    full = await backend.complete(CompletionRequest(prompt=COUNT, max_tokens=48))
+    stop = full.text[20:25]  # a stop string taken from the greedy text, mid-way
+    request = CompletionRequest(prompt=COUNT, max_tokens=48, stop=(stop,))
+    pieces: list[str] = []
+    final = None
+    async for item in backend.stream(request):
+        if isinstance(item, str):
+            pieces.append(item)
+        else:
+            final = item
+    assert final is not None and (final.finish_reason, final.stop) == ("stop", stop)
+    assert "".join(pieces) == final.text == full.text[: full.text.index(stop)]
+    assert len(pieces) > 5  # token by token, not the finished text in one piece
+    assert not any(
+        stop[:n] in piece for piece in pieces for n in range(len(stop), 2, -1) if piece.endswith(stop[:n])
+    )
+
+
+@module_loop
+async def test_batched_rows_stream_their_own_tokens_at_once(backend: Backend) -> None:
+    """Two rows of one batch: each yields its first piece before either has finished."""
+    firsts: list[asyncio.Event] = [asyncio.Event(), asyncio.Event()]
+    done: list[bool] = [False, False]
+
+    async def row(i: int) -> bool:
+        seen_other_first = False
+        request = CompletionRequest(prompt=chat(f"Count from {i} to {i + 40}."), max_tokens=40)
+        async for item in backend.stream(request):
+            if isinstance(item, str):
+                firsts[i].set()
+                seen_other_first = seen_other_first or (firsts[1 - i].is_set() and not done[1 - i])
+        done[i] = True
+        return seen_other_first
+
+    overlapped = await asyncio.gather(row(0), row(1))
+    assert all(overlapped), "a row's tokens came only after the other row had finished"
+
+
+@module_loop
+async def test_leaving_a_stream_stops_its_generation(backend: Backend) -> None:
+    async with contextlib.aclosing(backend.stream(CompletionRequest(prompt=COUNT, max_tokens=1000))) as items:
+        async for item in items:
+            assert isinstance(item, str)  # the first piece: well before the budget
+            break
+    await until(lambda: _idle(backend), 5.0, "the abandoned stream is still generating after 5 s")
 
 
 @pytest.mark.parametrize("kind", _kinds())

@@ -285,6 +285,70 @@ async def test_finish_reason_and_stop_string(
     assert (result.text, result.finish_reason, result.stop) == expected
 
 
+def sse(*chunks: dict[str, Any], done: bool = True) -> bytes:
+    """A streamed answer as the server would send it."""
+    body = b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks)
+    return body + (b"data: [DONE]\n\n" if done else b"")
+
+
+def piece(text: str, finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "text": text, "finish_reason": finish, **extra}]}
+
+
+USAGE = {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16}}
+
+
+async def collect(backend: OpenAIBackend, request: CompletionRequest) -> tuple[list[str], Any]:
+    pieces, final = [], None
+    async for item in backend.stream(request):
+        if isinstance(item, str):
+            pieces.append(item)
+        else:
+            final = item
+    return pieces, final
+
+
+async def test_stream_hands_on_pieces_holds_back_a_stop_and_takes_the_usage() -> None:
+    body = sse(
+        piece("x = 6"), piece(" * 7\n`"), piece("``"), piece("", "stop", stop_reason="```output"), USAGE
+    )
+    request = CompletionRequest(prompt="p", stop=("```output",))
+    async with ScriptedServer(Reply(200, body)) as server, fast_backend(server.base_url) as backend:
+        pieces, final = await collect(backend, request)
+    assert server.received[0].body["stream"] is True
+    assert server.received[0].body["stream_options"] == {"include_usage": True}
+    # The backticks might have begun ```output: held back until the end showed they were text.
+    assert pieces == ["x = 6", " * 7\n", "```"]
+    assert (final.text, final.finish_reason, final.stop) == ("x = 6 * 7\n```", "stop", "```output")
+    assert (final.prompt_tokens, final.completion_tokens) == (9, 7)
+
+
+async def test_stream_ends_at_a_fifth_stop_string_client_side() -> None:
+    body = sse(piece("a = 1\nST"), piece("OP5 and more"), piece(" and more", "length"))
+    request = CompletionRequest(prompt="p", stop=("STOP1", "STOP2", "STOP3", "STOP4", "STOP5"))
+    async with ScriptedServer(Reply(200, body)) as server, fast_backend(server.base_url) as backend:
+        pieces, final = await collect(backend, request)
+    assert server.received[0].body["stop"] == ["STOP1", "STOP2", "STOP3", "STOP4"]
+    assert "".join(pieces) == final.text == "a = 1\n" and not any("ST" in p for p in pieces)
+    assert (final.finish_reason, final.stop) == ("stop", "STOP5")
+    assert final.completion_tokens == 2  # no usage came: the estimate of the text kept
+
+
+async def test_stream_retries_before_the_first_piece_and_fails_cleanly_after_it() -> None:
+    body = sse(piece("forty"), piece(" two", "length"), USAGE)
+    request = CompletionRequest(prompt="p", max_tokens=2)
+    warming = Reply(503, {"error": "warming up"})
+    async with ScriptedServer(warming, Reply(200, body)) as server, fast_backend(server.base_url) as backend:
+        pieces, final = await collect(backend, request)
+    assert len(server.received) == 2 and pieces == ["forty", " two"] and final.finish_reason == "length"
+
+    broken = sse(piece("forty"), done=False) + b"data: {not json"
+    async with ScriptedServer(Reply(200, broken)) as server, fast_backend(server.base_url) as backend:
+        with pytest.raises(OpenAIBackendError, match="streamed an unexpected event"):
+            await collect(backend, request)
+        assert len(server.received) == 1  # text was handed on: never retried
+
+
 async def test_chat_mode_sends_messages_and_the_partial_turn() -> None:
     reply = {
         "choices": [

@@ -38,11 +38,13 @@ from support.server import (
     settings,
 )
 
+from runtime.adapter import model_preset
 from runtime.prompts import PRESETS
 from runtime.server import ServerSettings, create_app
 from runtime.server.auth import AuthConfigError, KeyStore, Scope, parse_keys
 from runtime.server.limits import Admission, AdmissionStats, Ticket
 from runtime.server.logs import JsonFormatter, set_request_id
+from runtime.settings import RuntimeSettings
 from sandbox.pool import KernelPool
 
 MAIN_SANDBOX = sandbox(68000)  # uids 68000-68007
@@ -91,12 +93,9 @@ async def test_solve_returns_answer_trace_usage_and_clamped_limits(client: httpx
     r = await client.post("/v1/solve", json=body)
     assert r.status_code == 200, r.text
     out = r.json()
-    assert (out["answer"], out["stop_reason"], out["model"], out["preset"]) == (
-        "42",
-        "eos",
-        "mathcoder",
-        "tir",
-    )
+    # The served model's own preset: the shipped adapter's (tir-sft) on the default model.
+    own = model_preset(RuntimeSettings(), None)
+    assert (out["answer"], out["stop_reason"], out["model"], out["preset"]) == ("42", "eos", "mathcoder", own)
     assert [b["kind"] for b in out["trace"]["blocks"]] == ["text", "code", "output", "text"]
     assert out["trace"]["blocks"][2] == {"kind": "output", "output": "42", "status": "ok"}
     assert out["usage"]["cells"] == 1 and out["usage"]["completion_tokens"] > 0
@@ -113,11 +112,16 @@ async def test_solve_streams_the_runtime_events_and_ends_with_done(client: httpx
         assert source.response.headers["content-type"].startswith("text/event-stream")
         assert source.response.headers["x-request-id"] == "trace-me-1"
         events = [(sse.event, json.loads(sse.data)) async for sse in source.aiter_sse()]
-    kinds = [kind for kind, _ in events]
-    assert kinds == ["text", "code", "execution_started", "execution", "text", "final", "done"]
-    assert events[3][1]["result"]["status"] == "ok" and events[3][1]["output"] == "42"
-    assert events[5][1]["answer"] == "42"
-    assert events[6][1]["ok"] is True and events[6][1]["id"].startswith("solve-")
+    # The block events in order, the model's text streamed between them as raw and typed deltas.
+    blocks = [(kind, data) for kind, data in events if kind not in {"text", "prose_delta", "code_delta"}]
+    kinds = [kind for kind, _ in blocks]
+    assert kinds == ["code", "execution_started", "execution", "final", "done"]
+    assert blocks[2][1]["result"]["status"] == "ok" and blocks[2][1]["output"] == "42"
+    assert blocks[3][1]["answer"] == "42"
+    assert blocks[4][1]["ok"] is True and blocks[4][1]["id"].startswith("solve-")
+    code = "".join(data["text"] for kind, data in events if kind == "code_delta")
+    assert code == blocks[0][1]["code"]
+    assert [kind for kind, _ in events].count("prose_delta") > 2
 
 
 async def test_streams_send_keepalives_while_the_model_is_silent(live: LiveServer, book: ScriptBook) -> None:

@@ -3,11 +3,13 @@
 The agent loop only ever asks a backend for one thing: continue this text until one of these stop
 strings, the end of the model's turn, or a token budget — and tell me why you stopped.  Backends
 batch concurrent requests themselves (the loop issues them from many trajectories at once), so a
-single ``complete`` call is the whole contract.
+single ``complete`` call is the whole contract; ``stream`` is the same call with the text delivered
+as the model writes it (each row of a batch streams its own), which is what streaming clients see.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -61,6 +63,14 @@ class Backend(Protocol):
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Continue the prompt; concurrent calls are batched by the backend where it can."""
+        ...
+
+    def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
+        """``complete``, as it happens: text pieces as the model writes them, then the ``Completion``.
+
+        The pieces join to exactly the ``Completion``'s text; text that may be the beginning of a stop
+        string is held back until it is known not to be, so no piece holds part of one.  Leaving the
+        iterator early (``aclose``, a cancelled consumer) stops the generation."""
         ...
 
     def count_tokens(self, text: str) -> int:

@@ -35,7 +35,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +214,7 @@ class LlamaCppBackend:
                 return item
         raise BackendError("llama-server ended the stream without a final message")  # stream raises first
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[str | Completion]:
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
         """``complete``, token by token: text pieces as the server decodes them, then the ``Completion``.
 
         The server holds back text that may be the start of a stop string until it knows, so no

@@ -41,8 +41,13 @@ client-side (rule 1), so generation runs past them until another stop, EOS or ``
 **Failures.**  429 and 5xx answers, connection errors and timeouts are retried ``max_retries``
 times with exponential backoff and jitter, waiting at least what ``Retry-After`` asks (capped at
 ``retry_after_max_s``); any other 4xx raises :class:`OpenAIBackendError` at once with the server's
-message.  ``read_timeout_s`` bounds the wait for response bytes: requests are not streamed, so it
-bounds how long one generation may take.
+message.  ``read_timeout_s`` bounds the wait for response bytes: for ``complete`` that is how long
+one generation may take, for ``stream`` the longest gap between two pieces.
+
+**Streaming.**  ``stream`` asks for the server's SSE stream (``stream: true``, with
+``stream_options.include_usage``) and hands on the text as it arrives, holding back what may begin a
+stop string; a stop string beyond the server's 4 ends the stream client-side (closing the connection
+stops the server's generation).  A failure is retried only before the first piece was handed on.
 """
 
 from __future__ import annotations
@@ -51,10 +56,10 @@ import asyncio
 import logging
 import random
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal, Protocol, Self, runtime_checkable
+from typing import Any, Literal, Protocol, Self, TypeVar, runtime_checkable
 
 import httpx
 from pydantic import (
@@ -69,7 +74,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.backends.base import BackendError, Completion, CompletionRequest, FinishReason
-from runtime.backends.stops import find_stop
+from runtime.backends.stops import StreamedText, find_stop
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +195,26 @@ class _Response(BaseModel):
     model_config = ConfigDict(extra="ignore")
     choices: list[_Choice] = Field(min_length=1)
     usage: _Usage | None = None
+
+
+class _Delta(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    content: str | None = None
+
+
+class _StreamChoice(_Choice):
+    delta: _Delta | None = None
+
+
+class _Chunk(BaseModel):
+    """One event of a streamed answer (chat chunks carry ``delta``, completions chunks ``text``)."""
+
+    model_config = ConfigDict(extra="ignore")
+    choices: list[_StreamChoice] = Field(default_factory=list)
+    usage: _Usage | None = None
+
+
+_T = TypeVar("_T")
 
 
 class _RetryableError(Exception):
@@ -314,6 +339,68 @@ class OpenAIBackend:
             completion_tokens=completion_tokens,
         )
 
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
+        """``complete`` over the server's SSE stream: text pieces as they arrive, then the ``Completion``."""
+        body = {**self._request_body(request), "stream": True, "stream_options": {"include_usage": True}}
+        shown = StreamedText(request.stop)
+        raw = ""
+        last = _Choice()
+        usage: _Usage | None = None
+        response = await self._with_retries(lambda attempt: self._open_stream(body, attempt))
+        try:
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    chunk = _Chunk.model_validate_json(data)
+                except ValidationError:
+                    raise OpenAIBackendError(
+                        f"{self.url} streamed an unexpected event: {data[:500]!r}",
+                        url=self.url,
+                        status=response.status_code,
+                        attempts=1,
+                    ) from None
+                usage = chunk.usage or usage
+                if not chunk.choices:
+                    continue  # the usage-only last chunk
+                choice = chunk.choices[0]
+                text = (choice.delta.content if choice.delta else None) or choice.text or ""
+                raw += text
+                if choice.finish_reason is not None:
+                    last = choice
+                if find_stop(raw, request.stop) is not None:
+                    break  # a stop string past the server's 4: nothing after it is wanted
+                piece = shown.piece(text)
+                if piece:
+                    yield piece
+        except httpx.TransportError as exc:
+            raise OpenAIBackendError(
+                f"{self.url} broke off its stream: {type(exc).__name__}: {exc}",
+                url=self.url,
+                status=response.status_code,
+                attempts=1,
+            ) from None
+        finally:
+            await response.aclose()
+        text, finish_reason, stop = _classify_finish(raw, last, request.stop)
+        rest = shown.rest(text)
+        if rest:
+            yield rest
+        if usage is not None:
+            prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        else:
+            prompt_tokens, completion_tokens = self.count_tokens(request.prompt), self.count_tokens(text)
+        yield Completion(
+            text=text,
+            finish_reason=finish_reason,
+            stop=stop,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text``: ``len(tokenizer.encode(text))`` with a tokenizer (including any special
         tokens its ``encode`` adds), else an estimate of one token per 4 characters, rounded up."""
@@ -369,10 +456,14 @@ class OpenAIBackend:
 
     async def _post(self, body: Mapping[str, Any]) -> _Response:
         """POST ``body``, retrying what may succeed later; the parsed answer."""
+        return await self._with_retries(lambda attempt: self._post_once(body, attempt))
+
+    async def _with_retries(self, call: Callable[[int], Awaitable[_T]]) -> _T:
+        """``call(attempt)``, again after a back-off while it fails in a way that may succeed later."""
         attempts = self.settings.max_retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                return await self._post_once(body, attempt)
+                return await call(attempt)
             except _RetryableError as failure:
                 if attempt == attempts:
                     raise OpenAIBackendError(
@@ -398,18 +489,8 @@ class OpenAIBackend:
             response = await self._client.post(self.url, json=body)
         except httpx.TransportError as exc:  # connection refused/reset, timeouts, protocol errors
             raise _RetryableError(f"{type(exc).__name__}: {exc}".rstrip(": "), None) from None
+        self._check_status(response, attempt)
         status = response.status_code
-        if status == 429 or status >= 500:
-            raise _RetryableError(
-                f"HTTP {status}: {_error_message(response)}", status, _retry_after_s(response.headers)
-            )
-        if status >= 400:
-            raise OpenAIBackendError(
-                f"POST {self.url} was refused with HTTP {status}: {_error_message(response)}",
-                url=self.url,
-                status=status,
-                attempts=attempt,
-            )
         try:
             return _Response.model_validate_json(response.content)
         except ValidationError as exc:
@@ -422,6 +503,38 @@ class OpenAIBackend:
                 status=status,
                 attempts=attempt,
             ) from None
+
+    async def _open_stream(self, body: Mapping[str, Any], attempt: int) -> httpx.Response:
+        """The server's answer to a streaming request, its status checked and its body not yet read."""
+        request = self._client.build_request("POST", self.url, json=body)
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise _RetryableError(f"{type(exc).__name__}: {exc}".rstrip(": "), None) from None
+        if response.status_code >= 400:
+            try:
+                await response.aread()
+            except httpx.TransportError as exc:
+                raise _RetryableError(f"{type(exc).__name__}: {exc}".rstrip(": "), None) from None
+            finally:
+                await response.aclose()
+            self._check_status(response, attempt)
+        return response
+
+    def _check_status(self, response: httpx.Response, attempt: int) -> None:
+        """Raise for an error status: retryable (429, 5xx) or not (other 4xx)."""
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise _RetryableError(
+                f"HTTP {status}: {_error_message(response)}", status, _retry_after_s(response.headers)
+            )
+        if status >= 400:
+            raise OpenAIBackendError(
+                f"POST {self.url} was refused with HTTP {status}: {_error_message(response)}",
+                url=self.url,
+                status=status,
+                attempts=attempt,
+            )
 
     def _backoff_s(self, attempt: int, retry_after_s: float | None) -> float:
         """Wait before retry number ``attempt``: exponential with "equal jitter" (between half and all

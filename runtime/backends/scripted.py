@@ -4,16 +4,30 @@ Each trajectory's script is a list of completions; the backend finds the script 
 text in the prompt, and the step by how many times that script was asked before.  It honours stop
 strings like a real backend (text up to the first stop string; finish "stop"), so the loop is
 exercised exactly as with a model.  Optional per-step delays let tests overlap trajectories.
+
+``stream`` writes a step a "token" (a word with the whitespace before it) at a time, through the
+same stop-string hold-back as the real engines; an optional ``pace`` hook is awaited before each
+token, so a test can hold the model until a client has shown the previous one (streaming that is
+real, not a finished step cut up afterwards).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import re
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from runtime.backends.base import BackendError, Completion, CompletionRequest
-from runtime.backends.stops import cut_at_stop
+from runtime.backends.stops import StreamedText, cut_at_stop
+
+_WORD = re.compile(r"\s*\S+|\s+")
+
+
+def words(text: str) -> list[str]:
+    """``text`` cut into words, each with the whitespace before it: the test doubles' "tokens", and
+    where the server cuts text that is too long for one streamed chunk."""
+    return _WORD.findall(text)
 
 
 @dataclass
@@ -28,7 +42,16 @@ class Step:
 
 class ChatMLWords:
     """What a test double needs besides ``complete``: ChatML prompts, whitespace-separated "tokens",
-    nothing to close."""
+    a ``stream`` that delivers its finished completion a word at a time, nothing to close."""
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        raise NotImplementedError
+
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
+        completion = await self.complete(request)
+        for piece in words(completion.text):
+            yield piece
+        yield completion
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
@@ -48,12 +71,21 @@ class ScriptedBackend(ChatMLWords):
 
     name = "scripted"
 
-    def __init__(self, scripts: dict[str, Sequence[Step | str]]) -> None:
+    def __init__(
+        self,
+        scripts: dict[str, Sequence[Step | str]],
+        *,
+        pace: Callable[[int], Awaitable[None]] | None = None,
+        tokens: Callable[[str], list[str]] = words,
+    ) -> None:
         self.scripts = {
             key: [s if isinstance(s, Step) else Step(s) for s in steps] for key, steps in scripts.items()
         }
         self.calls: dict[str, int] = dict.fromkeys(scripts, 0)
         self.requests: list[CompletionRequest] = []
+        self.pace = pace  # awaited with the token's number (across the backend's life) before it
+        self.tokens = tokens  # how a step's text is cut into the pieces ``stream`` writes
+        self.tokens_written = 0
 
     def _script_for(self, prompt: str) -> str:
         # The longest problem text found in the prompt (a prompt may quote few-shot problems too).
@@ -61,6 +93,22 @@ class ScriptedBackend(ChatMLWords):
         if not found:
             raise BackendError("scripted backend: no script for this prompt")
         return max(found, key=lambda key: prompt.rfind(key))
+
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
+        completion = await self.complete(request)
+        written = completion.text + (completion.stop or "")
+        shown = StreamedText(request.stop)
+        for token in self.tokens(written):
+            if self.pace is not None:
+                await self.pace(self.tokens_written)
+            self.tokens_written += 1
+            piece = shown.piece(token)
+            if piece:
+                yield piece
+        rest = shown.rest(completion.text)
+        if rest:
+            yield rest
+        yield completion
 
     async def complete(self, request: CompletionRequest) -> Completion:
         self.requests.append(request)

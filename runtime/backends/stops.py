@@ -12,7 +12,10 @@ OpenAI-compatible servers whose answers are re-checked) share this one rule.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+
+logger = logging.getLogger(__name__)
 
 
 def find_stop(text: str, stops: Sequence[str]) -> tuple[int, str] | None:
@@ -29,6 +32,18 @@ def find_stop(text: str, stops: Sequence[str]) -> tuple[int, str] | None:
         if best is None or key[:2] < best[:2]:
             best = key
     return None if best is None else (best[1], best[2])
+
+
+def held_tail(text: str, delimiters: Sequence[str]) -> int:
+    """Length of the longest tail of ``text`` that is a proper prefix of one of ``delimiters``: what
+    must not be shown yet, because the next characters may complete the delimiter."""
+    longest = 0
+    for delimiter in delimiters:
+        for n in range(min(len(delimiter) - 1, len(text)), longest, -1):
+            if text.endswith(delimiter[:n]):
+                longest = n
+                break
+    return longest
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
@@ -78,11 +93,34 @@ class StopHoldback:
         return out
 
     def _held_tail(self) -> int:
-        """Length of the longest tail of the text so far that is a proper prefix of a stop string."""
-        longest = 0
-        for stop in self.stops:
-            for n in range(min(len(stop) - 1, len(self._seen)), longest, -1):
-                if self._seen.endswith(stop[:n]):
-                    longest = n
-                    break
-        return longest
+        return held_tail(self._seen, self.stops)
+
+
+class StreamedText:
+    """What a backend's ``stream`` shows of raw text pieces: stop strings held back while pending,
+    and at the end exactly the rest of the final ``Completion``'s text, so the pieces a client saw
+    always join to that text (an engine's own stop rules and cleanup decide the final text)."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self._holdback = StopHoldback(stops)
+        self.sent = ""
+
+    def piece(self, raw: str) -> str:
+        """The part of ``raw`` (and of what was held back before it) that can be shown now."""
+        out, _ = self._holdback.feed(raw)
+        self.sent += out
+        return out
+
+    def rest(self, final: str) -> str:
+        """What of ``final`` was not shown yet.  Pieces that turn out not to be its beginning (an
+        engine's final decode may differ from its running one) cannot be taken back: the rest is
+        then empty and the difference is logged."""
+        if not final.startswith(self.sent):
+            logger.warning(
+                "streamed text diverged from the final text after %d characters; not sending the rest",
+                len(self.sent),
+            )
+            return ""
+        out = final[len(self.sent) :]
+        self.sent = final
+        return out

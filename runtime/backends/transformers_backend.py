@@ -16,6 +16,11 @@ Requests are never split by their parameters: each row keeps its own stop string
 sampling (a per-row stopping criterion and a per-row sampler, below), so one batch serves them all.
 ``stats`` counts generate calls and batch sizes.
 
+Streaming.  ``stream`` queues its request like ``complete`` and asks for its row's tokens as they
+are generated: after each step the stopping criterion hands each streaming row its new token (one
+copy of the batch's last column), the event loop decodes it incrementally, and the text goes out
+through the stop-string hold-back.  The batch is the same: every row streams its own tokens.
+
 Stopping.  After every step, per row: its last token is an end-of-turn id (the model's eos ids and
 the tokenizer's eos, e.g. ``<|im_end|>``) -> ``eos``; the decoded tail of its new tokens contains one
 of its stop strings -> ``stop``; it has ``max_tokens`` new tokens -> ``length``.  generate pads a
@@ -44,7 +49,7 @@ import asyncio
 import threading
 import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +68,7 @@ from transformers import (
 
 from runtime.adapter import AdapterError, check_base, read_card, resolve_adapter
 from runtime.backends.base import BackendError, Completion, CompletionRequest, FinishReason, SamplingParams
+from runtime.backends.stops import StreamedText
 from runtime.cpu import cpu_supports_bf16
 from runtime.model_store import ModelFetchError, default_model_path, ensure_hf_model
 from runtime.settings import RuntimeSettings
@@ -71,6 +77,9 @@ from runtime.settings import RuntimeSettings
 _GenerationConfig: Any = GenerationConfig
 
 _DECODE: dict[str, Any] = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
+
+_Work = tuple[CompletionRequest, list[int], Callable[[], bool], Callable[[int], None] | None]
+"""One row of a batch as the worker thread gets it: request, prompt ids, abandoned?, token sink."""
 
 
 @dataclass
@@ -95,6 +104,7 @@ class _Row:
     # True once nobody waits for the row (its caller was cancelled): it ends at the next step, so a
     # batch whose callers are all gone stops decoding.  Read from the worker thread: a flag read.
     abandoned: Callable[[], bool] = lambda: False
+    on_token: Callable[[int], None] | None = None  # a streaming caller's: each new token, from the worker
 
 
 @dataclass
@@ -102,6 +112,7 @@ class _Pending:
     request: CompletionRequest
     prompt_ids: list[int]
     future: asyncio.Future[Completion]
+    on_token: Callable[[int], None] | None = None
 
 
 class _RowStopping(StoppingCriteria):
@@ -115,6 +126,11 @@ class _RowStopping(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         n = input_ids.shape[1] - self.width  # new tokens so far, >= 1
         active = [i for i, row in enumerate(self.rows) if row.ended is None]
+        streaming = [i for i in active if self.rows[i].on_token is not None]
+        if streaming:
+            last = input_ids[:, -1].tolist()
+            for i in streaming:
+                self.rows[i].on_token(last[i])  # type: ignore[misc]  # not None: filtered above
         if active and not self.cancel.is_set():
             span = min(n, max(self.rows[i].window for i in active))
             tails = input_ids[:, -span:].tolist()  # the one device-to-host copy per step
@@ -276,6 +292,46 @@ class TransformersBackend:
     # -- the Backend protocol ------------------------------------------------------------------
 
     async def complete(self, request: CompletionRequest) -> Completion:
+        return await self._submit(request)
+
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[int | Completion | BaseException] = asyncio.Queue()
+
+        async def run() -> None:
+            try:
+                items.put_nowait(await self._submit(request, on_token))
+            except Exception as exc:  # handed to the consumer, raised there
+                items.put_nowait(exc)
+
+        def on_token(token: int) -> None:  # the worker thread's; the result comes after every token
+            loop.call_soon_threadsafe(items.put_nowait, token)
+
+        task = loop.create_task(run())
+        shown = StreamedText(request.stop)
+        text = _IncrementalText(self._decode_many)
+        try:
+            while True:
+                item = await items.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, Completion):
+                    rest = shown.rest(item.text)
+                    if rest:
+                        yield rest
+                    yield item
+                    return
+                if item in self._eos_ids:
+                    continue
+                piece = shown.piece(text.add(item))
+                if piece:
+                    yield piece
+        finally:
+            task.cancel()  # the row's future: the row ends at the next step when nobody waits
+
+    async def _submit(
+        self, request: CompletionRequest, on_token: Callable[[int], None] | None = None
+    ) -> Completion:
         queue = self._ensure_batcher()
         ids = self._encode_prompt(request.prompt)
         if not ids:
@@ -285,7 +341,7 @@ class TransformersBackend:
                 f"the prompt has {len(ids)} tokens; {self.name} reads at most {self._max_positions}"
             )
         future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
-        queue.put_nowait(_Pending(request, ids, future))
+        queue.put_nowait(_Pending(request, ids, future, on_token))
         return await future
 
     def count_tokens(self, text: str) -> int:
@@ -347,7 +403,7 @@ class TransformersBackend:
             if not batch:
                 continue
             self._inflight = batch
-            work = [(p.request, p.prompt_ids, p.future.done) for p in batch]
+            work = [(p.request, p.prompt_ids, p.future.done, p.on_token) for p in batch]
             try:
                 results = await loop.run_in_executor(self._executor, self._generate, work)
             except Exception as exc:
@@ -370,13 +426,13 @@ class TransformersBackend:
 
     # -- the worker thread -----------------------------------------------------------------------
 
-    def _generate(
-        self, work: list[tuple[CompletionRequest, list[int], Callable[[], bool]]]
-    ) -> list[Completion]:
+    def _generate(self, work: list[_Work]) -> list[Completion]:
         """One batched generate (runs in the worker thread)."""
-        prompts = [ids for _, ids, _ in work]
-        rows = [self._row(request, len(ids), abandoned) for request, ids, abandoned in work]
-        params = [request.sampling for request, _, _ in work]
+        prompts = [ids for _, ids, _, _ in work]
+        rows = [
+            self._row(request, len(ids), abandoned, on_token) for request, ids, abandoned, on_token in work
+        ]
+        params = [request.sampling for request, _, _, _ in work]
         if self.static_cache:  # fixed batch shapes, so compiled graphs are reused
             for _ in range(len(work), 1 << (len(work) - 1).bit_length()):
                 prompts.append(prompts[0])
@@ -411,7 +467,11 @@ class TransformersBackend:
         return [self._finish(rows[i], new_tokens[i]) for i in range(len(work))]
 
     def _row(
-        self, request: CompletionRequest, prompt_tokens: int, abandoned: Callable[[], bool] = lambda: False
+        self,
+        request: CompletionRequest,
+        prompt_tokens: int,
+        abandoned: Callable[[], bool] = lambda: False,
+        on_token: Callable[[int], None] | None = None,
     ) -> _Row:
         max_new = request.max_tokens
         if self._max_positions is not None:
@@ -421,7 +481,12 @@ class TransformersBackend:
         # two more keep a decoder's cleanup of the window's first token away from it.
         window = max((len(s.encode()) for s in stops), default=0) + 2
         return _Row(
-            prompt_tokens=prompt_tokens, max_new=max_new, stops=stops, window=window, abandoned=abandoned
+            prompt_tokens=prompt_tokens,
+            max_new=max_new,
+            stops=stops,
+            window=window,
+            abandoned=abandoned,
+            on_token=on_token,
         )
 
     def _finish(self, row: _Row, new_tokens: list[int]) -> Completion:
@@ -459,6 +524,29 @@ class TransformersBackend:
     def _decode_many(self, sequences: list[list[int]]) -> list[str]:
         with self._tokenizer_lock:
             return list(self.tokenizer.batch_decode(sequences, **_DECODE))
+
+
+class _IncrementalText:
+    """Text of a growing token sequence, a piece per token: each piece is the difference between the
+    decoded tail with and without the new token, held while it ends in an incomplete character (a
+    byte-level token may carry part of one).  Decoding only a short tail keeps a token's cost flat."""
+
+    TAIL = 6  # tokens of left context decoded with each new one, so merges at the seam come out right
+
+    def __init__(self, decode: Callable[[list[list[int]]], list[str]]) -> None:
+        self.decode = decode
+        self.ids: list[int] = []
+        self.prefix = 0  # where the context of the next decode begins
+        self.read = 0  # tokens whose text was handed out
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        before, after = self.decode([self.ids[self.prefix : self.read], self.ids[self.prefix :]])
+        if after.endswith("\ufffd") or not after.startswith(before):
+            return ""
+        self.read = len(self.ids)
+        self.prefix = max(0, self.read - self.TAIL)
+        return after[len(before) :]
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> tuple[int, str] | None:

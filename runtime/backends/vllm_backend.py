@@ -1,7 +1,8 @@
 """The vLLM backend: vLLM's async engine in this process, prefix caching on (optional extra ``[vllm]``).
 
-vLLM batches concurrent requests itself (continuous batching), so ``complete`` submits one request
-and awaits its final output.  vLLM reports which stop string ended a sequence (``stop_reason``: the
+vLLM batches concurrent requests itself (continuous batching), so ``stream`` submits one request
+and hands on the text of each output as it grows (each row of vLLM's batch streams its own);
+``complete`` is its last output.  Closing the stream early aborts the request in the engine.  vLLM reports which stop string ended a sequence (``stop_reason``: the
 string, or the token id of an end-of-turn token), which maps exactly onto ``Completion``.
 Import-guarded: without vLLM installed, ``VLLMBackend.load`` raises ``BackendError`` saying how to
 install it; nothing else in the project imports vLLM.
@@ -10,9 +11,11 @@ install it; nothing else in the project imports vLLM.
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from runtime.backends.base import BackendError, Completion, CompletionRequest
+from runtime.backends.stops import StreamedText
 from runtime.settings import RuntimeSettings
 
 
@@ -46,6 +49,12 @@ class VLLMBackend:
         return cls(engine, AutoTokenizer.from_pretrained(model), model)
 
     async def complete(self, request: CompletionRequest) -> Completion:
+        async for item in self.stream(request):
+            if isinstance(item, Completion):
+                return item
+        raise BackendError("vLLM returned no output")  # stream raises first
+
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
         from vllm import SamplingParams as VLLMSampling
 
         params = VLLMSampling(
@@ -55,15 +64,26 @@ class VLLMBackend:
             seed=request.sampling.seed,
             stop=list(request.stop),
         )
+        shown = StreamedText(request.stop)
+        seen = ""
         final = None
         async for output in self.engine.generate(request.prompt, params, request_id=uuid.uuid4().hex):
             final = output
+            text = output.outputs[0].text  # cumulative
+            if len(text) > len(seen) and text.startswith(seen):
+                piece = shown.piece(text[len(seen) :])
+                seen = text
+                if piece:
+                    yield piece
         if final is None:
             raise BackendError("vLLM returned no output")
         out = final.outputs[0]
         stop = out.stop_reason if isinstance(out.stop_reason, str) else None
         reason = "length" if out.finish_reason == "length" else ("stop" if stop is not None else "eos")
-        return Completion(
+        rest = shown.rest(out.text)
+        if rest:
+            yield rest
+        yield Completion(
             text=out.text,
             finish_reason=reason,
             stop=stop,

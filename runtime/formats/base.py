@@ -111,6 +111,14 @@ class TraceFormat(ABC):
         closed code cell: the prose before the cell and the cell's code; else None."""
 
     @abstractmethod
+    def stream_view(self, pending: str, *, final: bool = False) -> tuple[str, str | None]:
+        """What ``pending`` (model text since the last output, possibly cut mid-delimiter) has written
+        so far: its prose as a trace's text block would hold it, and the code of a cell it opened and
+        has not closed (None if none).  While writing (``final`` false), a tail that may be the start
+        of a delimiter is left out until the next characters decide; the view only ever grows.  With
+        ``final`` it is what the trace records when the turn ends here."""
+
+    @abstractmethod
     def output_suffix(self, pending: str, output: str) -> str:
         """What the runtime appends to the model's turn after running the cell that ends ``pending``."""
 

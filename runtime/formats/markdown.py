@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from runtime.backends.stops import held_tail
 from runtime.formats.base import TraceFormat, TraceParseError, require_output_after_code
 from runtime.trace import Block, CodeBlock, OutputBlock, TextBlock
 
@@ -122,6 +123,23 @@ class MarkdownFormat(TraceFormat):
             return None
         prose = body[:start]
         return prose.removesuffix("\n") if start > 0 else prose, code
+
+    def stream_view(self, pending: str, *, final: bool = False) -> tuple[str, str | None]:
+        start = pending.rfind(CODE_OPEN)
+        if start < 0:
+            if final:
+                return pending, None
+            # The fence's own line break too: it is not prose if a cell opens after it.
+            held = len(pending) if CODE_OPEN.startswith(pending) else held_tail(pending, ("\n" + CODE_OPEN,))
+            return pending[: len(pending) - held], None
+        prose = pending[:start]
+        code = pending[start + len(CODE_OPEN) :]
+        closed = code.find(CLOSE)
+        if closed >= 0:
+            code = code[:closed]
+        elif not final:
+            code = code[: len(code) - held_tail(code, (CLOSE,))]
+        return (prose.removesuffix("\n") if start > 0 else prose), code
 
     def output_suffix(self, pending: str, output: str) -> str:
         opener = "" if pending.endswith(OUTPUT_OPEN) else OUTPUT_OPEN

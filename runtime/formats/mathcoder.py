@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
+from runtime.backends.stops import held_tail
 from runtime.formats.base import TraceFormat, TraceParseError, require_output_after_code
 from runtime.trace import Block, CodeBlock, OutputBlock, TextBlock
 
@@ -91,8 +92,23 @@ class MathCoderFormat(TraceFormat):
     def output_suffix(self, pending: str, output: str) -> str:
         return self.execution_text(output)
 
+    def stream_view(self, pending: str, *, final: bool = False) -> tuple[str, str | None]:
+        start = pending.rfind(CODE)
+        if start >= 0 and END_BLOCK not in pending[start:]:
+            code = pending[start + len(CODE) :]
+            if not final:
+                code = code[: len(code) - held_tail(code, SPECIAL_TOKENS)]
+            return self.plain_text(pending[:start]), code
+        if not final:
+            pending = pending[: len(pending) - held_tail(pending, SPECIAL_TOKENS)]
+        return self.plain_text(pending), None
+
     def plain_text(self, pending: str) -> str:
+        """The bodies of the text blocks, a last one still open included, one per line."""
         bodies = [m.group(2) for m in _BLOCK.finditer(pending) if m.group(1) == TEXT]
+        opened = pending.rfind(TEXT)
+        if opened >= 0 and END_BLOCK not in pending[opened:]:
+            bodies.append(pending[opened + len(TEXT) :])
         if bodies:
             return "\n".join(bodies)
         for token in SPECIAL_TOKENS:  # a model that forgot the block structure

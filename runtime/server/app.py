@@ -44,7 +44,7 @@ from runtime.server.errors import (
 from runtime.server.limits import Admission
 from runtime.server.logs import request_id_from, set_request_id
 from runtime.server.metrics import CONTENT_TYPE_LATEST, Metrics
-from runtime.server.routes import openai_api, sessions, solve
+from runtime.server.routes import openai_api, playground, sessions, solve
 from runtime.server.schemas import Health, Readiness
 from runtime.server.services.sessions import SessionManager
 from runtime.server.services.solver import Solver
@@ -100,6 +100,7 @@ def create_app(
     app.include_router(openai_api.router)
     app.include_router(sessions.router)
     app.include_router(_probes)
+    app.include_router(playground.router)
     app.add_middleware(RequestMiddleware, services=services)
     return app
 

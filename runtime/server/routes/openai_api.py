@@ -4,9 +4,10 @@ The "model" is the whole tool-integrated solver: the last user message is the pr
 assistant message is the solution — prose, each code cell as a ```` ```python ```` block and its
 output as an ```` ```output ```` block, in Markdown.  The structured trace (answer, stop reason,
 every block with its execution status) rides in an extra top-level field, ``mathcoder``, which the
-official SDK keeps (``completion.model_extra["mathcoder"]``).  Streaming sends the same Markdown in
-pieces, one per block as each becomes final, so the pieces join to exactly the non-streamed
-content; the last chunk carries ``finish_reason`` and ``mathcoder``, then ``data: [DONE]``.
+official SDK keeps (``completion.model_extra["mathcoder"]``).  Streaming sends the same Markdown as
+the model writes it, in chunks of at most 4 tokens, so the pieces join to exactly the non-streamed
+content; the last chunk carries ``finish_reason`` and ``mathcoder``, then the usage where
+``stream_options.include_usage`` asks for it, then ``data: [DONE]``.
 
 What is not honoured, on purpose: system and earlier messages (the prompt preset has its own
 system prompt and worked examples, which a small model needs to write code at all), ``n`` > 1,
@@ -20,14 +21,17 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from runtime.events import CodeCell, ErrorEvent, Event, ExecutionFinished, FinalAnswer, TextDelta
-from runtime.formats import MarkdownFormat, TraceFormat
+from runtime.backends.scripted import words
+from runtime.events import CodeCell, CodeDelta, ErrorEvent, Event, ExecutionFinished, FinalAnswer, ProseDelta
+from runtime.formats import MarkdownFormat
+from runtime.formats.markdown import CLOSE as CODE_CLOSE
 from runtime.server.auth import Principal, Scope
 from runtime.server.deps import needs, services
 from runtime.server.errors import Unprocessable, error_body
@@ -43,12 +47,14 @@ from runtime.server.schemas import (
 )
 from runtime.server.services.solver import CLIENT_CLOSED, Job
 from runtime.server.sse import frame
-from runtime.trace import Block, CodeBlock, OutputBlock, TextBlock, Trace
+from runtime.trace import Block, CodeBlock, OutputBlock, Trace
 
 logger = logging.getLogger(__name__)
 
 _MARKDOWN = MarkdownFormat()
 _LENGTH_STOPS = frozenset({"max_tokens", "max_rounds", "wall_time"})
+CHUNK_TOKENS = 4
+"""The most tokens a streamed chat chunk carries (OpenAI's own streams send one to a few)."""
 
 
 # -- request --------------------------------------------------------------------------------------
@@ -182,43 +188,77 @@ def usage_of(trace: Trace) -> ChatUsage:
 
 
 class MarkdownStream:
-    """Turns runtime events into Markdown pieces, one per block as soon as the block is final.
+    """Runtime events as Markdown pieces, as the model writes them.
 
-    Prose is known when the cell after it closes (or at the end), so it is sent then; at the end the
-    trace's own rendering is the reference, and whatever of it was not sent yet is sent.
+    Prose and code go out delta by delta, the cell's fences around its code, each output block when
+    its cell has run; so the pieces are the Markdown rendering of the trace being written.  At the
+    end the trace's own rendering is the reference, and whatever of it was not sent yet is sent.
     """
 
-    def __init__(self, fmt: TraceFormat) -> None:
-        self.fmt = fmt
-        self.pending = ""  # model text since the last cell or output
+    def __init__(self) -> None:
         self.sent = ""
-        self.blocks = 0
+        self.blocks = 0  # blocks begun
+        self.in_prose = False  # the last block begun is a text block still being written
+        self.open_cell: int | None = None  # the cell whose code is being written
 
-    def _block(self, block: Block) -> str:
+    def _begin(self, block: Block) -> str:
+        """The rendering of ``block`` as the next block (empty code: its fences)."""
         piece, _ = _MARKDOWN.render_block(block, first=self.blocks == 0)
         self.blocks += 1
+        self.in_prose = False
+        return piece
+
+    def _send(self, piece: str) -> str:
         self.sent += piece
         return piece
 
     def feed(self, event: Event) -> str:
-        if isinstance(event, TextDelta):
-            self.pending += event.text
-            return ""
+        if isinstance(event, ProseDelta):
+            if not self.in_prose:  # a text block renders as its text: nothing before it
+                self.blocks += 1
+                self.in_prose = True
+            return self._send(event.text)
+        if isinstance(event, CodeDelta):
+            opener = ""
+            if self.open_cell != event.index:
+                opener = self._begin(CodeBlock(code="")).removesuffix(CODE_CLOSE)
+                self.open_cell = event.index
+            return self._send(opener + event.text)
         if isinstance(event, CodeCell):
-            cell = self.fmt.split_cell(self.pending)
-            self.pending = ""
-            prose = self._block(TextBlock(text=cell[0])) if cell is not None and cell[0] else ""
-            return prose + self._block(CodeBlock(code=event.code))
+            streamed, self.open_cell = self.open_cell == event.index, None
+            return self._send(CODE_CLOSE if streamed else self._begin(CodeBlock(code=event.code)))
         if isinstance(event, ExecutionFinished):
-            return self._block(OutputBlock(output=event.output))
+            return self._send(self._begin(OutputBlock(output=event.output)))
         if isinstance(event, FinalAnswer | ErrorEvent) and event.trace is not None:
             full = render_markdown(event.trace.blocks)
             if not full.startswith(self.sent):
                 logger.warning("streamed Markdown diverged from the trace's rendering; sending no remainder")
                 return ""
-            rest, self.sent = full[len(self.sent) :], full
-            return rest
+            return self._send(full[len(self.sent) :])
         return ""
+
+
+def token_chunks(text: str, count_tokens: Callable[[str], int], most: int) -> list[str]:
+    """``text`` in consecutive pieces of at most ``most`` tokens (``count_tokens``'s), cut between
+    words where it can: how OpenAI-style servers stream, a few tokens a chunk."""
+    if count_tokens(text) <= most:
+        return [text]
+    chunks: list[str] = []
+    current = ""
+    for word in words(text):
+        if current and count_tokens(current + word) > most:
+            chunks.append(current)
+            current = ""
+        while count_tokens(word) > most:  # a long word: the longest head that fits, at least a character
+            cut = 1
+            while cut < len(word) and count_tokens(word[: cut + 1]) <= most:
+                cut += 1
+            chunks.append(word[:cut])
+            word = word[cut:]
+        current += word
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 router = APIRouter(tags=["openai"])
@@ -281,7 +321,7 @@ async def chat_completions(
     created = int(time.time())
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        framer = ChatFramer(job, model, created, preset.trace_format, include_usage)
+        framer = ChatFramer(job, model, created, solver.backend.count_tokens, include_usage)
         return streamed(job, framer, app.settings.keepalive_s)
     final = await final_of(job, request)
     if final is None:
@@ -303,11 +343,15 @@ async def chat_completions(
 
 
 class ChatFramer:
-    """Chat completion chunks: the role, Markdown pieces, the finish (with ``mathcoder``), usage, [DONE]."""
+    """Chat completion chunks: the role, Markdown pieces of at most :data:`CHUNK_TOKENS` tokens, the
+    finish (with ``mathcoder``), usage, [DONE]."""
 
-    def __init__(self, job: Job, model: str, created: int, fmt: TraceFormat, include_usage: bool) -> None:
+    def __init__(
+        self, job: Job, model: str, created: int, count_tokens: Callable[[str], int], include_usage: bool
+    ) -> None:
         self.job, self.model, self.created, self.include_usage = job, model, created, include_usage
-        self.markdown = MarkdownStream(fmt)
+        self.count_tokens = count_tokens
+        self.markdown = MarkdownStream()
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         body = {
@@ -330,7 +374,8 @@ class ChatFramer:
         out = b""
         piece = self.markdown.feed(event)
         if piece:
-            out += self._delta({"content": piece})
+            for chunk in token_chunks(piece, self.count_tokens, CHUNK_TOKENS):
+                out += self._delta({"content": chunk})
         if isinstance(event, FinalAnswer):
             extra = SolverExtra(answer=event.answer, stop_reason=event.stop_reason, trace=event.trace)
             out += self._delta({}, finish_reason(event.stop_reason), mathcoder=extra.model_dump(mode="json"))
