@@ -13,6 +13,7 @@ solve (how docs/playground.png is made).
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import shutil
 from collections.abc import Iterator
@@ -138,10 +139,10 @@ def solve(driver: Any, problem: str, key: str) -> None:
 
 
 def save_screenshot(driver: Any, path: Path) -> None:
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1000, int(height) + 40)
+    """The whole page, not only the window (Chromium's DevTools capture beyond the viewport)."""
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
     path.parent.mkdir(parents=True, exist_ok=True)
-    assert driver.save_screenshot(str(path)), f"no screenshot written to {path}"
+    path.write_bytes(base64.b64decode(shot["data"]))
 
 
 # -- the routes, over HTTP ---------------------------------------------------------------------------

@@ -38,9 +38,11 @@ UIDS = range(68400, 68404)
 WAIT_S = 30.0  # for one word to reach the client: generous for a loaded 2-core machine
 
 PROBLEM = "Streaming check: Priya bakes 7 boxes of 6 muffins and gives 15 away. How many are left?"
+CODE = 'print("She has", 7 * 6 - 15, "muffins left over today")'
+OUTPUT = "She has 27 muffins left over today"  # more words than a chat chunk may carry
 PROSE = "Priya bakes seven boxes of six muffins and gives fifteen away, so I count what is left."
 SCRIPT = [
-    Step(f"{PROSE}\n```python\nprint(7 * 6 - 15)\n```\n"),
+    Step(f"{PROSE}\n```python\n{CODE}\n```\n"),
     Step("She has \\boxed{27} muffins left.", eos=True),
 ]
 PROSE_WORDS = words(PROSE)
@@ -111,7 +113,7 @@ def test_the_cli_prints_each_word_before_the_model_writes_the_next() -> None:
     text = out.decode()
     assert gate.held == list(range(1, len(PROSE_WORDS)))
     assert PROSE in text  # prose as written, then the cell as code, its output fenced, the answer
-    assert "```python\nprint(7 * 6 - 15)\n```\n```output\n27\n```\n" in text
+    assert f"```python\n{CODE}\n```\n```output\n{OUTPUT}\n```\n" in text
     assert text.rstrip().endswith("answer: 27  (eos)")
 
 
@@ -155,9 +157,10 @@ def test_the_openai_sdk_streams_each_word_before_the_model_writes_the_next(
             usage = chunk.usage
     assert gate.held == list(range(1, len(PROSE_WORDS)))
     content = "".join(contents)
-    assert content.startswith(PROSE + "\n```python\nprint(7 * 6 - 15)\n```\n```output\n27\n```\n")
+    assert content.startswith(f"{PROSE}\n```python\n{CODE}\n```\n```output\n{OUTPUT}\n```\n")
     assert content.endswith("She has \\boxed{27} muffins left.")
     assert len(contents) >= len(PROSE_WORDS)  # many chunks, not one per block
+    assert max(len(c.split()) for c in contents) <= 4  # the scripted model's tokens are words
     assert usage is not None and usage.completion_tokens > 0  # the scripted model counts no prompt
 
 
