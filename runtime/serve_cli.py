@@ -16,6 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
+from runtime.backends.factory import BACKEND_KINDS
+
 STARTUP_FAILED = 3
 
 
@@ -23,7 +25,8 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (MATHCODER_SERVER_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port (MATHCODER_SERVER_PORT).")] = None,
     backend: Annotated[
-        str | None, typer.Option(help="transformers, openai or vllm (MATHCODER_SERVER_BACKEND).")
+        str | None,
+        typer.Option(help=f"{', '.join(BACKEND_KINDS)} (MATHCODER_SERVER_BACKEND); default: auto."),
     ] = None,
     model: Annotated[
         str | None, typer.Option(help="Model path or id; default: the embedded SmolLM2-135M.")
