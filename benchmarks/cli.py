@@ -71,6 +71,7 @@ def grade(
         "split",
         "model",
         "backend",
+        "adapter",
         "preset",
         "limit",
         "samples",
@@ -127,9 +128,12 @@ def bench(
     data_file = str(data.resolve()) if data is not None else None
     config = validated(RunConfig, given, dataset=label, data_file=data_file)
     temp = temperature if temperature is not None else (0.0 if config.samples == 1 else 0.7)
-    # The model's own preset unless one is named, resolved now so that the run folder records it.
-    preset = config.preset or model_preset(RuntimeSettings(), config.model)
-    config = validated(RunConfig, config.model_dump(), temperature=temp, preset=preset)
+    # The adapter and the model's own preset unless named, resolved now so that the run folder records them.
+    runtime = RuntimeSettings.with_adapter(config.adapter)
+    preset = config.preset or model_preset(runtime, config.model)
+    config = validated(
+        RunConfig, config.model_dump(), temperature=temp, preset=preset, adapter=runtime.adapter
+    )
     model, backend, split, limit = config.model, config.backend, config.split, config.limit
     samples, concurrency = config.samples, config.concurrency
     try:
@@ -138,6 +142,7 @@ def bench(
             model=model,
             base_url=base_url,
             script=json.loads(script.read_text(encoding="utf-8")) if script is not None else None,
+            settings=runtime,
         )
     except BackendChoiceError as exc:
         raise typer.BadParameter(str(exc), param_hint="--backend") from exc

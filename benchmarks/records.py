@@ -81,6 +81,11 @@ class RunConfig(BaseModel):
         description="Model backend: auto (llama.cpp on a CPU where built, else transformers), "
         "transformers, llamacpp, openai or vllm.",
     )
+    adapter: str | None = Field(
+        default=None,
+        description="LoRA adapter on the default model: default (the shipped one), none (the plain base model) "
+        "or an adapter folder; unset: MATHCODER_ADAPTER, else default.",
+    )
     preset: str | None = Field(
         default=None, description="Prompt preset (runtime.prompts); default: the model's own (tir if none)."
     )

@@ -71,7 +71,7 @@ def check_base(card: AdapterCard, base_gguf: Path) -> None:
     if actual != card.base_model_sha256:
         raise AdapterError(
             f"adapter {card.name!r} was trained on {card.base_model_file} (sha256 {card.base_model_sha256[:12]}…), "
-            f"not on {base_gguf.name} (sha256 {actual[:12]}…); pass --no-adapter to use the plain base model"
+            f"not on {base_gguf.name} (sha256 {actual[:12]}…); pass --adapter none (MATHCODER_ADAPTER=none) for the plain base model"
         )
 
 

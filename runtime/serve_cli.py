@@ -32,6 +32,10 @@ def serve(
         str | None, typer.Option(help="Model path or id; default: the embedded SmolLM2-135M.")
     ] = None,
     base_url: Annotated[str | None, typer.Option(help="Model server URL for --backend openai.")] = None,
+    adapter: Annotated[
+        str | None,
+        typer.Option(help="default (the shipped LoRA adapter), none (the base model) or a folder."),
+    ] = None,
     api_keys_file: Annotated[
         Path | None, typer.Option(help="API keys, `KEY SCOPE[,SCOPE] [NAME]` per line.")
     ] = None,
@@ -55,6 +59,7 @@ def serve(
         "backend": backend,
         "model": model,
         "base_url": base_url,
+        "adapter": adapter,
         "api_keys_file": api_keys_file,
         "no_auth": no_auth,
         "log_level": log_level,

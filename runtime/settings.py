@@ -68,6 +68,12 @@ class RuntimeSettings(BaseSettings):
         "(MATHCODER_TORCH_COMPILE); unset: on with a static cache on CUDA. Never on CPU.",
     )
 
+    @classmethod
+    def with_adapter(cls, adapter: str | None) -> RuntimeSettings:
+        """The settings from the environment, with ``adapter`` (an ``--adapter`` option) where given."""
+        settings = cls()
+        return settings if adapter is None else settings.model_copy(update={"adapter": adapter})
+
 
 class GradingSettings(BaseSettings):
     """How answer grading is bounded (``runtime.grading``, ``runtime.verifier``).

@@ -38,6 +38,11 @@ class SolveOptions(BaseModel):
         default=None,
         description=f"Prompt preset: {', '.join(PRESETS)}; default: the model's own (tir if none).",
     )
+    adapter: str | None = Field(
+        default=None,
+        description="LoRA adapter on the default model: default (the shipped one), none (the plain base model) "
+        "or an adapter folder; unset: MATHCODER_ADAPTER, else default.",
+    )
     samples: int = Field(default=1, ge=1, description="Trajectories to sample; >1 votes (self-consistency).")
     temperature: float | None = Field(
         default=None, ge=0, description="Sampling temperature; default 0 for one sample, 0.7 for several."
@@ -66,13 +71,13 @@ def solve(
     except BackendChoiceError as exc:
         raise typer.BadParameter(str(exc), param_hint="--backend") from exc
     max_rounds, max_tokens = options.max_rounds, options.max_tokens
-    chosen = get_preset(preset or model_preset(RuntimeSettings(), model))
+    runtime_settings = RuntimeSettings.with_adapter(options.adapter)
+    chosen = get_preset(preset or model_preset(runtime_settings, model))
     temp = temperature if temperature is not None else (0.0 if samples == 1 else 0.7)
     limits = LoopLimits(max_rounds=max_rounds, max_tokens=max_tokens)
     console = Console(highlight=False)
 
     async def go() -> int:
-        runtime_settings = RuntimeSettings()
         model_backend = await asyncio.to_thread(load_backend, backend, model, base_url, runtime_settings)
         sandbox = SandboxSettings().model_copy(update={"pool_size": min(samples, 4)})
         finals: list[FinalAnswer | ErrorEvent] = []

@@ -82,8 +82,12 @@ def write_data(folder: Path, delay_s: float = 0.0) -> tuple[Path, Path]:
 
 
 def config_for(data: Path, **kw: Any) -> RunConfig:
-    """A config as ``mathcoder bench`` writes it (the CLI resolves the model's preset: tir here)."""
-    kw.setdefault("preset", "tir")
+    """A config as ``mathcoder bench`` writes it (the CLI resolves the adapter and the model's preset)."""
+    from runtime.adapter import model_preset
+    from runtime.settings import RuntimeSettings
+
+    kw.setdefault("adapter", "default")
+    kw.setdefault("preset", model_preset(RuntimeSettings(adapter=kw["adapter"]), None))
     return RunConfig(dataset="data", split="test", backend="scripted", data_file=str(data.resolve()), **kw)
 
 
@@ -384,3 +388,23 @@ async def test_infrastructure_failures_are_retried_not_graded_and_redone_on_resu
     assert [r.id for r in records] == [p.id for p in probs] and again.resumed == 1
     assert not records[1].infrastructure_failure and records[1].answer == "7"
     assert again.infrastructure_failures == [] and again.accuracy == 0.5
+
+
+def test_the_run_folder_records_the_adapter_and_the_preset_it_implies(tmp_path: Path) -> None:
+    """``--adapter none`` is the plain base model and its few-shot preset; without the option the
+    shipped adapter and the preset it was trained with.  Both are written into the run's config."""
+    from runtime.adapter import model_preset
+    from runtime.settings import RuntimeSettings
+
+    data, script = write_data(tmp_path)
+    env = {k: v for k, v in SUBPROCESS_ENV.items() if k != "MATHCODER_ADAPTER"}
+    for extra, adapter in ((("--adapter", "none"), "none"), ((), "default")):
+        out = tmp_path / adapter
+        done = subprocess.run(
+            bench_cli(data, script, out, *extra), env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        config = json.loads((out / "config.json").read_text())
+        expected = model_preset(RuntimeSettings(adapter=adapter), None)
+        assert (config["adapter"], config["preset"]) == (adapter, expected)
+    assert model_preset(RuntimeSettings(adapter="none"), None) == "tir"

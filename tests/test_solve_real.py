@@ -60,3 +60,28 @@ def test_solve_streams_prose_and_the_answer_to_the_terminal() -> None:
     for block in trace.blocks:
         if isinstance(block, TextBlock) and block.text.strip():
             assert " ".join(block.text.split()) in shown  # the prose, streamed as the model wrote it
+
+
+# Not in GSM8K (train or test) nor in the adapter's training data: the shipped default model must
+# reach for the interpreter on problems it has not seen, not only recall its training traces.
+UNSEEN = [
+    "A bakery packs muffins in boxes of 6. Priya buys 7 boxes and gives 15 muffins to her neighbours. "
+    "How many muffins does she have left?",
+    "A cyclist rides 18 km every weekday and 35 km on each day of the weekend. How many kilometres "
+    "does she ride in 3 weeks?",
+    "A garden has 12 rows of 15 tulips. A third of the tulips are red and the rest are yellow. "
+    "How many yellow tulips are there?",
+]
+
+
+@pytest.mark.parametrize("question", UNSEEN, ids=["muffins", "cyclist", "tulips"])
+def test_the_shipped_default_writes_and_runs_a_cell_on_unseen_questions(question: str) -> None:
+    proc = subprocess.run(
+        [MATHCODER, "solve", question, "--json", "--max-tokens", "400"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    trace = Trace.model_validate_json(proc.stdout)
+    assert trace.metadata.usage.cells >= 1, [b.kind for b in trace.blocks]

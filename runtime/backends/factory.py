@@ -146,9 +146,10 @@ class BackendSpec:
     model: str | None = None
     base_url: str | None = None
     script: dict[str, list[Any]] | None = None  # the replay script of kind "scripted"
+    settings: RuntimeSettings | None = None  # the adapter and engine settings; None: the environment's
 
     def __post_init__(self) -> None:
         check_backend(self.kind, self.model, self.base_url)
 
     def build(self) -> Backend:
-        return load_backend(self.kind, self.model, self.base_url, script=self.script)
+        return load_backend(self.kind, self.model, self.base_url, self.settings, script=self.script)

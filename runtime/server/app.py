@@ -114,11 +114,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         if services.backend is None:
             from runtime.backends.factory import load_backend
-            from runtime.settings import RuntimeSettings
 
             logger.info("loading the %s backend", settings.backend)
             services.backend = await asyncio.to_thread(
-                load_backend, settings.backend, settings.model, settings.base_url, RuntimeSettings()
+                load_backend, settings.backend, settings.model, settings.base_url, settings.runtime_settings()
             )
         await pool.start(wait=True)
         stats = pool.stats()

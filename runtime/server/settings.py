@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.backends.factory import BackendChoiceError, BackendKind, check_backend
 from runtime.loop import DEFAULT_MAX_TOKENS
+from runtime.settings import RuntimeSettings
 
 
 def is_loopback(host: str) -> bool:
@@ -46,6 +47,16 @@ class ServerSettings(BaseSettings):
         default=None, description="Model path or id; unset: the embedded default model."
     )
     base_url: str | None = Field(default=None, description="Model server URL for the openai backend.")
+    adapter: str | None = Field(
+        default=None,
+        description="LoRA adapter on the default model: default (the shipped one), none (the plain base "
+        "model) or an adapter folder; unset: MATHCODER_ADAPTER, else default.",
+    )
+
+    def runtime_settings(self) -> RuntimeSettings:
+        """The runtime's settings with this server's adapter choice (the environment's where unset)."""
+        return RuntimeSettings.with_adapter(self.adapter)
+
     served_model_name: str = Field(
         default="mathcoder",
         description="The name clients pass as `model` (the backend's own name is accepted too).",

@@ -31,7 +31,6 @@ from runtime.server.schemas import (
     Sampling,
 )
 from runtime.server.settings import ServerSettings
-from runtime.settings import RuntimeSettings
 from sandbox.pool import KernelPool
 
 logger = logging.getLogger(__name__)
@@ -85,7 +84,9 @@ class Solver:
         self.settings, self.backend, self.pool = settings, backend, pool
         self.admission, self.metrics = admission, metrics
         # The model's own preset (its adapter's) when the settings name none.
-        self.default_preset = settings.default_preset or model_preset(RuntimeSettings(), settings.model)
+        self.default_preset = settings.default_preset or model_preset(
+            settings.runtime_settings(), settings.model
+        )
         self.jobs: set[Job] = set()
         self._jobs_idle = asyncio.Event()
         self._jobs_idle.set()
