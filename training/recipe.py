@@ -35,7 +35,7 @@ RECIPE: dict[str, Any] = {
     "epochs": 1.0,
     "warmup_ratio": 0.03,
     "batch_size": 2,  # 4 rows x 1,024 tokens peaked at ~15 GB (fp32 logits over a 49k vocabulary)
-    "grad_accum": 4,  # 8 packed rows of 1,024 tokens per optimizer step (~245 per epoch of DATA_LIMIT)
+    "grad_accum": 4,  # 8 packed rows of 1,024 tokens per optimizer step (85 steps for an epoch of DATA_LIMIT)
     "max_len": 1024,
     "packing": True,
     "eval_fraction": 0.02,
