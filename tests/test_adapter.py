@@ -81,7 +81,7 @@ def test_an_adapter_is_applied_only_to_its_own_base(tmp_path: Path) -> None:
     check_base(card, base)
     other = tmp_path / "other.gguf"
     other.write_bytes(b"other weights")
-    with pytest.raises(AdapterError, match="--no-adapter"):
+    with pytest.raises(AdapterError, match="--adapter none"):
         check_base(card, other)
 
 

@@ -455,6 +455,9 @@ def run_training(settings: TrainSettings, *, callbacks: Sequence[TrainerCallback
         per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accum,
         bf16=bf16,
+        # Without it transformers takes bf16 on a machine without CUDA for a mistake ("Your setup
+        # doesn't support bf16/gpu"); with it, bf16 is CPU autocast, as on AVX512-BF16 machines.
+        use_cpu=not on_gpu,
         **_checkpointing_args(checkpointing),
         eval_strategy="steps" if settings.eval_steps is not None and eval_rows is not None else "no",
         eval_steps=settings.eval_steps,
