@@ -4,9 +4,13 @@
         [--out runs/bench/streaming.json]
 
 The base default model (no adapter, so numbers stay comparable as the default changes) on the
-llama.cpp engine, greedy, the ``tir`` prompt of the first ``--problems`` GSM8K test questions, at
-most ``--max-tokens`` tokens and no cells (``max_rounds`` 0: this measures the stream, not the
-sandbox).  Five paths, each problem through each in turn, so the machine's noise falls on all alike:
+llama.cpp engine, greedy, the ``tir`` prompt, at most ``--max-tokens`` tokens and no cells
+(``max_rounds`` 0: this measures the stream, not the sandbox).  Five paths, in turn, ``--problems``
+rounds, so the machine's noise falls on all alike.  Each round asks three GSM8K test questions no
+request asked before, so every request pays the prefill of its question (the few-shot prefix is
+cached) and none is favoured by another's prompt cache; pairs that run on different engine
+processes share a question, so their difference is the layers between them, not the question's
+length: ``loop`` and ``sse`` (the server's cost), ``backend`` and ``sdk``:
 
 - ``backend``: ``LlamaCppBackend.stream`` in this process (the engine's own stream);
 - ``loop``: ``run_trajectory`` on that backend, its ``TextDelta`` events;
@@ -182,6 +186,11 @@ async def solve_client(url: str) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+def paired_p50(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> float:
+    """The median difference of first-token times, request by request."""
+    return percentile([x["first_s"] - y["first_s"] for x, y in zip(a, b, strict=True)], 50)
+
+
 def summarise(samples: list[dict[str, Any]]) -> dict[str, Any]:
     firsts = [s["first_s"] for s in samples]
     gaps = [g for s in samples for g in s["gaps_s"]]
@@ -196,7 +205,7 @@ def summarise(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    problems = [p.question for p in load_problems("gsm8k", "test", limit=args.problems)]
+    questions = [p.question for p in load_problems("gsm8k", "test", limit=args.problems * 3 + 1)]
     runtime = RuntimeSettings(adapter="none")
     env = {
         **os.environ,
@@ -214,15 +223,19 @@ async def main(args: argparse.Namespace) -> None:
                 await wait_ready(url, proc)
                 async with solve_client(url) as client:
                     preset = get_preset("tir")
-                    await via_sse(client, problems[0], 4)  # warm both engines' prompt caches alike
-                    await via_backend(backend, preset.render(problems[0], backend), 4)
-                    for problem in problems:
-                        prompt = preset.render(problem, backend)
+                    warm = questions.pop()  # both engines hold the few-shot prefix, as in use
+                    await via_sse(client, warm, 4)
+                    await via_backend(backend, preset.render(warm, backend), 4)
+                    fresh = iter(questions)
+                    for _ in range(args.problems):
+                        # loop and backend share this process's llama-server; sse and sdk the server's.
+                        q_server, q_engine, q_cli = next(fresh), next(fresh), next(fresh)
+                        prompt = preset.render(q_engine, backend)
                         samples["backend"].append(await via_backend(backend, prompt, args.max_tokens))
-                        samples["loop"].append(await via_loop(backend, pool, problem, args.max_tokens))
-                        samples["sse"].append(await via_sse(client, problem, args.max_tokens))
-                        samples["sdk"].append(await via_sdk(url, problem, args.max_tokens))
-                        samples["cli"].append(await via_cli(backend.base_url, problem, args.max_tokens, env))
+                        samples["loop"].append(await via_loop(backend, pool, q_server, args.max_tokens))
+                        samples["sse"].append(await via_sse(client, q_server, args.max_tokens))
+                        samples["sdk"].append(await via_sdk(url, q_engine, args.max_tokens))
+                        samples["cli"].append(await via_cli(backend.base_url, q_cli, args.max_tokens, env))
     finally:
         await backend.aclose()
     results = {path: summarise(samples[path]) for path in PATHS}
@@ -245,7 +258,9 @@ async def main(args: argparse.Namespace) -> None:
     backend_row, sse_row = results["backend"], results["sse"]
     summary = {
         "first_token_p50_s": {path: r["first_p50_s"] for path, r in results.items()},
-        "server_adds_first_token_p50_ms": (sse_row["first_p50_s"] - results["loop"]["first_p50_s"]) * 1000,
+        # Paired by question: the same prompt, each on its own engine process.
+        "server_adds_first_token_p50_ms": 1000 * paired_p50(samples["sse"], samples["loop"]),
+        "sdk_minus_backend_first_token_p50_ms": 1000 * paired_p50(samples["sdk"], samples["backend"]),
         "gap_p99_ratio_sse_to_backend": sse_row["gap_p99_s"] / backend_row["gap_p99_s"],
         "gap_p99_ratio_sdk_to_backend": results["sdk"]["gap_p99_s"] / backend_row["gap_p99_s"],
     }
@@ -259,7 +274,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--problems", type=int, default=8)
+    parser.add_argument("--problems", type=int, default=8, help="Rounds: requests per path.")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/streaming.json"))
     return parser.parse_args(argv)

@@ -162,8 +162,13 @@ def run_entry(
     train_dir: Path | None = None,
     control_gsm8k: Path | None = None,
     continues_from: str | None = None,
+    data: list[str] | None = None,
 ) -> RunResult:
-    """One results entry from the run's train folder (none for the base model) and bench folders."""
+    """One results entry from the run's train folder (none for the base model) and bench folders.
+
+    A trained run whose folder is gone (``runs/`` does not survive a change of machine) is entered
+    without ``train_dir``: ``data`` names its data, the recipe is ``training.recipe.RECIPE`` of this
+    commit, marked as such, and ``train`` stays empty rather than typed in by hand."""
     results: dict[str, EvalResult] = {}
     tool_use: ToolUse | None = None
     stops: dict[str, int] = {}
@@ -171,7 +176,15 @@ def run_entry(
         results[dataset], use, reasons = eval_entry(folder)
         if dataset == "gsm8k":
             tool_use, stops = use, reasons
-    train, recipe, data = (None, {}, []) if train_dir is None else train_entry(train_dir)
+    if train_dir is not None:
+        train, recipe, data = train_entry(train_dir)
+    elif role == "base":
+        train, recipe, data = None, {}, []
+    else:
+        from training.recipe import DATA_LIMIT, RECIPE
+
+        train, recipe = None, {**RECIPE, "data_limit": DATA_LIMIT, "train_folder": "lost"}
+        data = list(data or [])
     if continues_from is not None:
         recipe["continues_from"] = continues_from
     versus = None
@@ -216,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     add.add_argument("--control", type=Path, default=None, help="The control's GSM8K bench folder.")
     add.add_argument("--continues-from", default=None, help="The run whose weights this one started from.")
+    add.add_argument(
+        "--data", action="append", default=None, help="The run's data set, when its train folder is gone."
+    )
     add.add_argument("--results", type=Path, default=RESULTS_PATH)
     args = parser.parse_args(argv)
     evals = {}
@@ -231,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         train_dir=args.train,
         control_gsm8k=args.control,
         continues_from=args.continues_from,
+        data=args.data,
     )
     add_run(entry, args.results)
     print(entry.model_dump_json())
