@@ -44,6 +44,7 @@ from httpx_sse import aconnect_sse
 
 from benchmarks.bench_io import percentile, print_table, write_results
 from benchmarks.datasets import load_problems
+from benchmarks.server_load import wait_ready
 from runtime.backends.base import CompletionRequest
 from runtime.backends.llamacpp import LlamaCppBackend
 from runtime.events import TextDelta
@@ -165,20 +166,6 @@ def server(port: int, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait()
 
 
-async def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
-    """Poll /readyz (a benchmark may poll; the tests wait on events)."""
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(timeout=5) as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode} during start-up")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(f"{url}/readyz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.2)
-    raise TimeoutError(f"the server was not ready within {timeout_s} s")
-
-
 @contextlib.asynccontextmanager
 async def solve_client(url: str) -> AsyncIterator[httpx.AsyncClient]:
     headers = {"Authorization": f"Bearer {API_KEY}"}
@@ -220,7 +207,7 @@ async def main(args: argparse.Namespace) -> None:
     try:
         with server(port, env) as proc:
             async with KernelPool(SandboxSettings().model_copy(update={"pool_size": 1})) as pool:
-                await wait_ready(url, proc)
+                await wait_ready(url, proc, 300)
                 async with solve_client(url) as client:
                     preset = get_preset("tir")
                     warm = questions.pop()  # both engines hold the few-shot prefix, as in use
