@@ -43,3 +43,30 @@ async def test_vllm_maps_stop_eos_and_length() -> None:
     assert (stop.finish_reason, stop.stop) == ("stop", "5") and "5" not in stop.text
     assert eos.finish_reason == "eos" and "5" in eos.text
     assert (length.finish_reason, length.completion_tokens) == ("length", 3)
+
+
+async def test_vllm_streams_pieces_that_join_to_the_completion() -> None:
+    from runtime.backends.base import Completion
+    from runtime.backends.vllm_backend import VLLMBackend
+    from runtime.model_store import ensure_hf_model
+
+    model = str(ensure_hf_model(RuntimeSettings()))
+    backend = VLLMBackend.load(
+        model, RuntimeSettings(), dtype="float32", max_model_len=2048, enforce_eager=True
+    )
+    try:
+        prompt = backend.render_chat(
+            [{"role": "user", "content": "Count from 1 to 20, separated by commas."}]
+        )
+        pieces: list[str] = []
+        final: Completion | None = None
+        async for item in backend.stream(CompletionRequest(prompt=prompt, max_tokens=48, stop=("12",))):
+            if isinstance(item, Completion):
+                final = item
+            else:
+                pieces.append(item)
+    finally:
+        await backend.aclose()
+    assert final is not None and (final.finish_reason, final.stop) == ("stop", "12")
+    # Token by token; a "1" that began the stop string was held back, never sent and taken back.
+    assert "".join(pieces) == final.text and len(pieces) > 5
