@@ -97,10 +97,13 @@ def test_load_errors_name_the_model(tmp_path: Path) -> None:
 # -- the real model --------------------------------------------------------------------------------
 
 
+BASE = RuntimeSettings(adapter="none")  # the base model, whatever adapter the package ships
+
+
 @pytest.fixture(scope="module")
 def loaded() -> TransformersBackend:
-    """The default model, loaded once per module (its batcher is never started)."""
-    return TransformersBackend.load(None, RuntimeSettings(), device="cpu")
+    """The default base model, loaded once per module (its batcher is never started)."""
+    return TransformersBackend.load(None, BASE, device="cpu")
 
 
 @pytest.fixture
@@ -125,7 +128,7 @@ def test_converted_model_is_cached_and_loads_fast(loaded: TransformersBackend) -
         assert (path / name).is_file(), name
     assert loaded.name == "transformers:SmolLM2-135M-Instruct.Q4_1"
     started = time.perf_counter()
-    TransformersBackend.load(None, settings, device="cpu")
+    TransformersBackend.load(None, BASE, device="cpu")
     assert time.perf_counter() - started < 5.0  # the GGUF path takes ~40 s
 
 
