@@ -152,20 +152,22 @@ class TerminalView:
         if not self.at_line_start:
             self._write("\n")
 
+    def _code(self, index: int, text: str) -> None:
+        """Code of cell ``index``, under the cell's header the first time."""
+        if self.open_cell != index:
+            self.open_cell = index
+            self._line_break()
+            self._write("```python\n" if self.plain else f"── cell {index + 1} ──\n", "dim")
+        self._write(text, None if self.plain else "cyan")
+
     def show(self, event: object) -> None:
         if isinstance(event, ProseDelta):
             self._write(event.text)
         elif isinstance(event, CodeDelta):
-            if self.open_cell != event.index:
-                self.open_cell = event.index
-                self._line_break()
-                self._write("```python\n" if self.plain else f"── cell {event.index + 1} ──\n", "dim")
-            self._write(event.text, None if self.plain else "cyan")
+            self._code(event.index, event.text)
         elif isinstance(event, CodeCell):
             if self.open_cell != event.index:  # nothing streamed: the whole cell now
-                self._line_break()
-                self._write("```python\n" if self.plain else f"── cell {event.index + 1} ──\n", "dim")
-                self._write(event.code, None if self.plain else "cyan")
+                self._code(event.index, event.code)
             self.open_cell = None
             self._line_break()
             if self.plain:

@@ -326,18 +326,7 @@ class OpenAIBackend:
         response = await self._post(self._request_body(request))
         choice = response.choices[0]
         text = (choice.message.content if choice.message else None) or choice.text or ""
-        text, finish_reason, stop = _classify_finish(text, choice, request.stop)
-        if response.usage is not None:
-            prompt_tokens, completion_tokens = response.usage.prompt_tokens, response.usage.completion_tokens
-        else:
-            prompt_tokens, completion_tokens = self.count_tokens(request.prompt), self.count_tokens(text)
-        return Completion(
-            text=text,
-            finish_reason=finish_reason,
-            stop=stop,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-        )
+        return self._completion(request, text, choice, response.usage)
 
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
         """``complete`` over the server's SSE stream: text pieces as they arrive, then the ``Completion``."""
@@ -385,15 +374,22 @@ class OpenAIBackend:
             ) from None
         finally:
             await response.aclose()
-        text, finish_reason, stop = _classify_finish(raw, last, request.stop)
-        rest = shown.rest(text)
+        completion = self._completion(request, raw, last, usage)
+        rest = shown.rest(completion.text)
         if rest:
             yield rest
+        yield completion
+
+    def _completion(
+        self, request: CompletionRequest, text: str, choice: _Choice, usage: _Usage | None
+    ) -> Completion:
+        """The server's text and finish as a ``Completion``: its usage, or estimates where it sent none."""
+        text, finish_reason, stop = _classify_finish(text, choice, request.stop)
         if usage is not None:
             prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
         else:
             prompt_tokens, completion_tokens = self.count_tokens(request.prompt), self.count_tokens(text)
-        yield Completion(
+        return Completion(
             text=text,
             finish_reason=finish_reason,
             stop=stop,
