@@ -26,6 +26,7 @@ from runtime.batch.drive import drive_local
 from runtime.batch.folder import RunError, RunFolder
 from runtime.consistency import majority_vote
 from runtime.events import ErrorEvent, FinalAnswer
+from runtime.failures import retrying
 from runtime.grading import is_equivalent
 from runtime.loop import LoopLimits, SessionFactory, run_trajectory
 from runtime.prompts import get_preset
@@ -137,12 +138,12 @@ async def solve_problems(
 
         # An ErrorEvent is a backend or sandbox failure, never the model's outcome: run it again
         # (with back-off); if it still fails, the sample is recorded ungraded, for a resume to redo.
-        attempts = 1
-        last = await attempt()
-        while isinstance(last, ErrorEvent) and attempts <= settings.infra_retries:
-            await asyncio.sleep(settings.retry_backoff_s * 2 ** (attempts - 1))
-            attempts += 1
-            last = await attempt()
+        last, attempts = await retrying(
+            attempt,
+            lambda event: isinstance(event, ErrorEvent),
+            retries=settings.infra_retries,
+            backoff_s=settings.retry_backoff_s,
+        )
         if isinstance(last, ErrorEvent):
             return (
                 p,

@@ -30,6 +30,7 @@ from runtime.events import (
     FinalAnswer,
     TextDelta,
 )
+from runtime.failures import INFRASTRUCTURE_ERRORS, check_cell
 from runtime.formats import TraceFormat
 from runtime.prompts import PromptPreset
 from runtime.trace import (
@@ -42,7 +43,6 @@ from runtime.trace import (
     TraceMetadata,
     Usage,
 )
-from sandbox.errors import SandboxError
 from sandbox.result import ExecutionResult, truncate_middle
 
 
@@ -248,7 +248,7 @@ async def run_trajectory(
                     session = await stack.enter_async_context(sessions())
                 yield ExecutionStarted(index=index)
                 t0 = time.monotonic()
-                result = await session.execute(code, timeout_s=limits.cell_timeout_s)
+                result = check_cell(await session.execute(code, timeout_s=limits.cell_timeout_s))
                 timings["execute_s"] += time.monotonic() - t0
                 output = shape_output(result, fmt, limits, backend)
                 blocks.append(OutputBlock(output=output, status=result.status))
@@ -263,7 +263,7 @@ async def run_trajectory(
                     stop = StopReason.REPEATED_ERROR
                     break
                 last_error, last_code = error, code
-        except (BackendError, SandboxError) as exc:
+        except INFRASTRUCTURE_ERRORS as exc:
             for delta in deltas.settle(*last_segment(), len(provenance)):
                 yield delta
             yield ErrorEvent(message=f"{type(exc).__name__}: {exc}", trace=trace("error"))

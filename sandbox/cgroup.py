@@ -96,6 +96,19 @@ class KernelCgroup:
                 d.rmdir()
 
 
+def parents() -> list[Path]:
+    """The folders this process makes its kernels' cgroups in (v2's one, or v1's memory and pids)."""
+    if (ROOT / "cgroup.controllers").exists():
+        own = _own_path("")
+        return [] if own is None else [ROOT / own.lstrip("/")]
+    found = []
+    for controller in ("memory", "pids"):
+        own = _own_path(controller)
+        if own is not None:
+            found.append(ROOT / controller / own.lstrip("/"))
+    return found
+
+
 def create(name: str, *, memory_bytes: int, pids_max: int) -> KernelCgroup | None:
     """Make memory and pids groups called ``name``; None (with a warning) where the host forbids it."""
     group = KernelCgroup()

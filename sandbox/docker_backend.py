@@ -243,6 +243,15 @@ class DockerKernelProcess:
     def _remove(self) -> None:
         self.container.remove(force=True)  # kills it first
 
+    def lost_reason(self) -> str | None:
+        """Only what is certain: the sandbox's own shutdown, or a container the engine lost.  A
+        SIGKILL we did not send is read as the memory limit (see ``death_note``): the code's outcome."""
+        if self._closed:
+            return "the sandbox shut the kernel down"
+        if self._lost:
+            return f"lost track of the kernel's container ({self._lost})"
+        return None
+
     def death_note(self) -> str:
         if self._state.get("OOMKilled"):
             return "the kernel was killed for exceeding its memory limit"

@@ -30,3 +30,8 @@ class PoolClosed(SandboxError):
 
 class PoolFull(SandboxError):
     """``max_waiting`` sessions are already queued for a kernel."""
+
+
+class KernelLost(SandboxError):
+    """A kernel was lost for a reason outside its code while a trajectory used it (killed from outside
+    the sandbox, died while idle, shut down): its state is gone, and the trajectory must start over."""

@@ -40,6 +40,7 @@ from sandbox.result import (
     strip_ansi,
 )
 from sandbox.settings import SandboxSettings
+from sandbox.sweep import conn_dir_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,9 @@ class _Capture:
             DisplayOutput(text=text if isinstance(text, str) else None, images=images, is_result=is_result)
         )
 
-    def result(self, status: ExecutionStatus, wall: float, message: str | None = None) -> ExecutionResult:
+    def result(
+        self, status: ExecutionStatus, wall: float, message: str | None = None, lost: str | None = None
+    ) -> ExecutionResult:
         return ExecutionResult(
             status=status,
             stdout="".join(self.stdout),
@@ -132,6 +135,7 @@ class _Capture:
             stderr_truncated=self.truncated["stderr"],
             kernel_restarted=status in (ExecutionStatus.KILLED, ExecutionStatus.CRASHED),
             message=message,
+            lost=lost,
         )
 
 
@@ -149,7 +153,7 @@ class Kernel:
 
     @classmethod
     async def start(cls, launcher: Launcher, settings: SandboxSettings, slot: int) -> Kernel:
-        conn_dir = tempfile.mkdtemp(prefix=f"k{slot}-", dir=settings.run_dir)
+        conn_dir = tempfile.mkdtemp(prefix=conn_dir_prefix(slot), dir=settings.run_dir)
         spec = make_spec(slot, Path(conn_dir), output_limit=settings.max_capture_bytes)
         try:
             process = await launcher.launch(spec)
@@ -264,7 +268,8 @@ class Kernel:
         capture = _Capture(limit=self.settings.max_capture_bytes, on_stream=on_stream)
         start = time.perf_counter()
         if not self.alive:
-            return capture.result(ExecutionStatus.CRASHED, 0.0, self.process.death_note())
+            note = self.process.death_note()
+            return capture.result(ExecutionStatus.CRASHED, 0.0, note, f"the kernel died while idle ({note})")
         msg_id = self.client.execute(code, store_history=True, allow_stdin=False, stop_on_error=False)
         pump = asyncio.ensure_future(self._pump(msg_id, capture))
         try:
@@ -277,7 +282,10 @@ class Kernel:
                 return capture.result(status, time.perf_counter() - start)
             if self._exit.done():
                 return capture.result(
-                    ExecutionStatus.CRASHED, time.perf_counter() - start, self.process.death_note()
+                    ExecutionStatus.CRASHED,
+                    time.perf_counter() - start,
+                    self.process.death_note(),
+                    self.process.lost_reason(),
                 )
             # Past the limit: interrupt, then kill if the kernel stays deaf.
             self.interrupt()

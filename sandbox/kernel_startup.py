@@ -1,5 +1,9 @@
 """Code that runs inside every kernel at start-up (copied into the kernel's directory, not imported).
 
+It marks a kernel that SIGKILLs itself (``install_self_kill_marker``), so that the host can tell
+that death (the code's own outcome) from a kill from outside the sandbox (an infrastructure
+failure; see ``sandbox.local.lost_reason``).
+
 It bounds output at the source: once a cell has written ``limit`` characters to stdout or stderr,
 the write that crosses the line is cut and raises ``OutputLimitExceeded`` in the cell, which stops
 it like any other error; a displayed value's text is cut likewise.  Without this, a cell printing in
@@ -64,3 +68,42 @@ def install_output_limit(limit: int) -> None:
         return data, metadata
 
     formatter.format = bounded_format
+
+
+SELF_KILL_MARK = "mathcoder-sandbox: the cell sent SIGKILL to its own kernel"
+"""Written to the kernel's stderr (its host-side log) just before a cell kills its own kernel."""
+
+
+def install_self_kill_marker() -> None:
+    """Leave ``SELF_KILL_MARK`` in the kernel's log when Python code sends SIGKILL to this process.
+
+    An audit hook sees ``os.kill``, ``os.killpg`` and ``signal.pthread_kill`` before the signal is
+    sent.  Code that goes around Python (a child process's ``kill``, ctypes) leaves no mark: its
+    death then reads as a kill from outside, retried as an infrastructure failure, never graded.
+    """
+    import os
+    import signal
+
+    me = os.getpid()
+    # ipykernel has fd 2 on a pipe that a thread forwards to the client (and the log): a process
+    # killed at once never gets there.  Its copy of the original stderr is the log itself.
+    log_fd = getattr(sys.stderr, "_original_stdstream_copy", None) or 2
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        if event not in ("os.kill", "os.killpg", "signal.pthread_kill") or len(args) < 2:
+            return
+        target, sig = args[0], args[1]
+        if sig != signal.SIGKILL:
+            return
+        if event == "os.kill":
+            ours = target in (me, 0, -1) or (
+                isinstance(target, int) and target < -1 and -target == os.getpgrp()
+            )
+        elif event == "os.killpg":
+            ours = target in (0, os.getpgrp())
+        else:
+            ours = True  # a thread of this process
+        if ours:
+            os.write(log_fd, f"\n{SELF_KILL_MARK}\n".encode())
+
+    sys.addaudithook(hook)

@@ -37,6 +37,11 @@ class KernelProcess(Protocol):
         """A short account of why the kernel died, for the result shown to the caller."""
         ...
 
+    def lost_reason(self) -> str | None:
+        """Why the kernel's death was not its code's doing (killed from outside the sandbox, by
+        the sandbox's own shutdown, with its zygote), or None when its code may have caused it."""
+        ...
+
 
 class Launcher(Protocol):
     async def launch(self, spec: KernelSpec) -> KernelProcess: ...
@@ -83,6 +88,7 @@ def make_spec(slot: int, conn_dir: Path, *, output_limit: int) -> KernelSpec:
     # Run inside a function so that nothing but the patches is left in the user's namespace.
     spec.startup_file.write_text(
         f"def __mathcoder_startup():\n    exec({source!r}, ns := {{}})\n"
-        f"    ns['install_output_limit']({output_limit})\n__mathcoder_startup()\ndel __mathcoder_startup\n"
+        f"    ns['install_output_limit']({output_limit})\n    ns['install_self_kill_marker']()\n"
+        "__mathcoder_startup()\ndel __mathcoder_startup\n"
     )
     return spec

@@ -32,6 +32,7 @@ from typing import Any
 
 from sandbox import cgroup
 from sandbox.errors import SandboxUnavailable
+from sandbox.kernel_startup import SELF_KILL_MARK
 from sandbox.launcher import KernelSpec
 from sandbox.settings import SandboxSettings
 
@@ -93,6 +94,9 @@ class LocalKernelProcess:
     def death_note(self) -> str:
         return death_note(self.process.returncode, self.group, self.log_tail())
 
+    def lost_reason(self) -> str | None:
+        return lost_reason(self.process.returncode, self.group, self.spec, closed=self._closed)
+
 
 def death_note(code: int | None, group: cgroup.KernelCgroup | None, log_tail: str) -> str:
     """Why a kernel died, from its exit code (negative: a signal), its cgroup and the tail of its log."""
@@ -104,6 +108,29 @@ def death_note(code: int | None, group: cgroup.KernelCgroup | None, log_tail: st
         with contextlib.suppress(ValueError):
             return f"the kernel died from signal {signal.Signals(code - 128).name}"
     return f"the kernel exited with status {code}" + (f": {log_tail}" if log_tail else "")
+
+
+def lost_reason(
+    code: int | None, group: cgroup.KernelCgroup | None, spec: KernelSpec, *, closed: bool
+) -> str | None:
+    """Why a dead kernel's death was not its code's doing, or None (see ``KernelProcess.lost_reason``).
+
+    The sandbox's own kills are known (``closed``: shut down; a timeout kill is the cell's outcome and
+    never asks).  Otherwise only a SIGKILL can come from outside: every other death is the code's own
+    (an exit, a segfault, a signal it sent).  A SIGKILL is the code's when its own cgroup recorded an
+    out-of-memory kill, or when the kernel's log holds the mark a cell leaves when it SIGKILLs its
+    own kernel through Python (``kernel_startup.install_self_kill_marker``); else it came from
+    outside: the host's OOM killer, an operator, a chaos test.
+    """
+    if closed:
+        return "the sandbox shut the kernel down"
+    if code not in (-signal.SIGKILL, 128 + signal.SIGKILL):
+        return None
+    if group is not None and group.oom_killed():
+        return None
+    if SELF_KILL_MARK in log_tail(spec, max_chars=4096):
+        return None
+    return "the kernel was killed (SIGKILL) from outside the sandbox"
 
 
 def log_tail(spec: KernelSpec, max_chars: int = 800) -> str:

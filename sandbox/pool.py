@@ -29,6 +29,7 @@ from sandbox.kernel import Kernel, StreamCallback
 from sandbox.launcher import Launcher
 from sandbox.result import ExecutionResult, ExecutionStatus
 from sandbox.settings import SandboxSettings
+from sandbox.sweep import sweep
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +52,25 @@ class Session:
         self._pool = pool
         self.kernel = kernel
         self.restarts = 0
+        self.cells = 0  # cells run in this session: a kernel that dies after one takes state with it
 
     async def execute(
         self, code: str, timeout_s: float | None = None, on_stream: StreamCallback | None = None
     ) -> ExecutionResult:
-        """Run a cell in this session's kernel; a dead kernel is replaced first (its state is gone)."""
+        """Run a cell in this session's kernel; a dead kernel is replaced first.  When that kernel
+        had run cells, their state is gone for no fault of this cell: the result says so in ``lost``."""
+        lost = None
         if not self.kernel.alive:
+            if self.cells:
+                lost = (
+                    f"the session's kernel died while idle ({self.kernel.process.death_note()}); this cell "
+                    "ran in a new kernel, without the session's earlier state"
+                )
             await self._replace()
+        self.cells += 1
         result = await self.kernel.execute(code, timeout_s, on_stream)
+        if lost is not None and result.lost is None:
+            result = result.model_copy(update={"lost": lost})
         if result.status in (ExecutionStatus.KILLED, ExecutionStatus.CRASHED):
             await self._replace()
         return result
@@ -100,7 +112,10 @@ class KernelPool:
         await self.shutdown()
 
     async def start(self, *, wait: bool = True) -> None:
-        """Begin warming ``pool_size`` kernels; with ``wait``, return once they are ready."""
+        """Begin warming ``pool_size`` kernels; with ``wait``, return once they are ready.  First,
+        remove what hosts that died before closing their pools left (``sandbox.sweep``)."""
+        if self.settings.backend == "local" and not self._started:
+            await sweep(self.settings.run_dir)
         self._refill()
         if wait and self._starting:
             settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -84,6 +84,12 @@ class ExecutionResult(BaseModel):
         default=False, description="The kernel was replaced after this cell: earlier state is gone."
     )
     message: str | None = Field(default=None, description="The sandbox's own note (why a cell was stopped).")
+    lost: str | None = Field(
+        default=None,
+        description="Set when the kernel was lost for a reason outside the cell's code (killed from outside "
+        "the sandbox, died while idle, shut down, its zygote died): an infrastructure failure, not the "
+        "code's outcome.",
+    )
 
     def prompt_text(self, max_chars: int = 1000) -> str:
         """The output as a model is shown it, at most about ``max_chars`` characters."""

@@ -32,7 +32,7 @@ from typing import Any
 from sandbox import cgroup, nsutil
 from sandbox.errors import SandboxError
 from sandbox.launcher import KernelProcess, KernelSpec
-from sandbox.local import LocalLauncher, death_note, kernel_env, log_tail
+from sandbox.local import LocalLauncher, death_note, kernel_env, log_tail, lost_reason
 from sandbox.settings import SandboxSettings
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,12 @@ class ForkedKernelProcess:
         if code == _ZYGOTE_DIED:
             return "the kernel died with its zygote (the template process that forks kernels)"
         return death_note(code, self.group, log_tail(self.spec))
+
+    def lost_reason(self) -> str | None:
+        code = self.exited.result() if self.exited.done() else None
+        if code == _ZYGOTE_DIED and not self._closed:
+            return "the kernel died with its zygote (the template process that forks kernels)"
+        return lost_reason(code, self.group, self.spec, closed=self._closed)
 
 
 _ZYGOTE_DIED = -int(signal.SIGKILL) - 1000

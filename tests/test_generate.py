@@ -300,3 +300,57 @@ async def test_a_ray_run_gives_the_same_records_as_one_process(
         ray.shutdown()
     assert card["counts"]["kept"] == 4
     assert stable(tmp_path / "ray") == stable(tmp_path / "one")
+
+
+@ASYNC
+async def test_lost_kernels_are_retried_reported_apart_and_redone_on_resume(
+    pool: KernelPool, tmp_path: Path, seed_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel lost for a reason outside the code is the sandbox's failure, not the seed's: the seed
+    is tried again; if the sandbox keeps failing it is neither kept nor rejected but reported apart,
+    and a resume tries it again (runtime/failures.py)."""
+    from benchmarks.datasets import load_jsonl
+    from runtime.loop import CellRunner
+    from sandbox.result import ExecutionResult, ExecutionStatus
+    from training.generate import gsm8k_calc
+
+    monkeypatch.setenv("MATHCODER_BENCH_RETRY_BACKOFF_S", "0")
+    seeds: list[Problem] = load_jsonl(seed_file, id_field="id", keep_solution=True)[:2]
+    lose = {seeds[0].id: 1, seeds[1].id: 99}  # cells to lose per seed: once; every time
+    tries = dict.fromkeys(lose, 0)
+
+    config = GenerateConfig(mode="gsm8k-calc", concurrency=1)
+    real = gsm8k_calc.build_trace
+
+    async def losing(row: Any, session: CellRunner) -> Any:
+        ident = str(row.get("id"))
+        tries[ident] += 1
+        if tries[ident] <= lose[ident]:
+
+            class Lost:
+                async def execute(self, code: str, timeout_s: float | None = None) -> ExecutionResult:
+                    lost = "the kernel was killed (SIGKILL) from outside the sandbox"
+                    return ExecutionResult(status=ExecutionStatus.CRASHED, lost=lost)
+
+            return await real(row, Lost())
+        return await real(row, session)
+
+    monkeypatch.setattr(gsm8k_calc, "build_trace", losing)
+    out = tmp_path / "run"
+    card = await run_generation(
+        config, seeds, sessions=pool.session, backend=None, out_dir=out, progress=False
+    )
+    outcomes = [json.loads(line) for line in (out / "outcomes.jsonl").read_text().splitlines()]
+    assert [(o["attempts"], o["infrastructure_failure"] is None, len(o["records"])) for o in outcomes] == [
+        (2, True, 1),
+        (3, False, 0),  # 1 + 2 retries, then reported apart: no record, no rejection
+    ]
+    assert "KernelLost" in outcomes[1]["infrastructure_failure"] and outcomes[1]["rejections"] == []
+    assert card["infrastructure_failures"]["ids"] == [seeds[1].id]
+    assert (card["counts"]["seeds"], card["counts"]["kept"], card["rejections"]) == (1, 1, {})
+    lose[seeds[1].id] = 0  # the sandbox is back: a resume redoes the failed seed only
+    card = await run_generation(
+        config, seeds, sessions=pool.session, backend=None, out_dir=out, progress=False
+    )
+    assert card["infrastructure_failures"]["seeds"] == 0 and card["counts"]["kept"] == 2
+    assert card["throughput"]["seeds_this_run"] == 1

@@ -5,12 +5,16 @@ kernels only."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 from support.cells import MemorySessions
 
+from benchmarks.procs import kernel_pid
 from runtime.backends.scripted import ScriptedBackend, Step
 from runtime.events import (
     CodeCell,
@@ -24,11 +28,11 @@ from runtime.events import (
     TextDelta,
 )
 from runtime.formats import get_format
-from runtime.loop import LoopLimits, SessionFactory, StopReason, run_trajectory, solve
+from runtime.loop import CellRunner, LoopLimits, SessionFactory, StopReason, run_trajectory, solve
 from runtime.prompts import get_preset
 from runtime.trace import CodeBlock, OutputBlock, TextBlock
 from sandbox.pool import KernelPool
-from sandbox.result import ExecutionStatus
+from sandbox.result import ExecutionResult, ExecutionStatus
 from sandbox.settings import SandboxSettings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -150,6 +154,38 @@ async def test_a_crashed_kernel_mid_trajectory_is_replaced(pool: KernelPool) -> 
     assert (results[1].result.status, results[1].output) == (ExecutionStatus.OK, "fresh")
     final = events[-1]
     assert isinstance(final, FinalAnswer) and final.trace.metadata.cells[0].kernel_restarted
+
+
+async def test_a_kernel_killed_from_outside_ends_the_trajectory_as_an_infrastructure_failure(
+    pool: KernelPool,
+) -> None:
+    """The model did nothing wrong: the trajectory ends on an ErrorEvent (retried by the harness,
+    never graded), not on a CRASHED output the model would read and answer from."""
+
+    @contextlib.asynccontextmanager
+    async def killed_mid_cell() -> AsyncIterator[CellRunner]:
+        async with pool.session() as session:
+
+            class Runner:
+                async def execute(self, code: str, timeout_s: float | None = None) -> ExecutionResult:
+                    uid = SETTINGS.uid_base + session.kernel.slot
+
+                    def kill(*_: object) -> None:  # once the cell runs: from outside, as an operator would
+                        with contextlib.suppress(LookupError, ProcessLookupError):
+                            os.kill(kernel_pid(uid), signal.SIGKILL)
+
+                    return await session.execute(code, timeout_s, on_stream=kill)
+
+            yield Runner()
+
+    backend = ScriptedBackend(
+        {"P4b": [CELL.format(code="import time\nprint('running', flush=True)\ntime.sleep(30)"), "unused"]}
+    )
+    events = await events_of("P4b", backend, killed_mid_cell)
+    last = events[-1]
+    assert isinstance(last, ErrorEvent) and "KernelLost" in last.message and "from outside" in last.message
+    assert not any(isinstance(e, ExecutionFinished) for e in events)  # the model is never shown it
+    assert len(backend.requests) == 1
 
 
 async def test_a_code_block_that_never_closes_ends_at_the_token_budget(sessions: SessionFactory) -> None:

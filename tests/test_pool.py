@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 import pytest
-from support.procs import pids_of_uids
 
+from benchmarks.procs import pids_of_uids
 from sandbox.errors import KernelStartError, PoolClosed, PoolFull
 from sandbox.launcher import KernelSpec
 from sandbox.local import LocalKernelProcess, LocalLauncher

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from support.procs import kernel_pid, pids_of_uids, rss_bytes
 
+from benchmarks.procs import kernel_pid, pids_of_uids, rss_bytes
 from sandbox.pool import KernelPool
 from sandbox.result import ExecutionStatus
 from sandbox.settings import SandboxSettings
@@ -100,6 +100,7 @@ async def test_a_4gb_allocation_fails_inside_a_1gb_kernel(pool: KernelPool) -> N
         )
         assert grow.status == ExecutionStatus.CRASHED, grow
         assert "memory limit" in (grow.message or "")
+        assert grow.lost is None  # its own cgroup's limit: the model's outcome
     assert rss_bytes() - before < 100 * 1024**2
     await assert_healthy(pool)
 
@@ -256,6 +257,7 @@ async def test_a_dying_kernel_yields_crashed_and_the_pool_heals(pool: KernelPool
         r = await s.execute(code)
         assert r.status == ExecutionStatus.CRASHED
         assert r.kernel_restarted and r.message
+        assert r.lost is None  # the code's own doing: the model's outcome (runtime/failures.py)
         assert (await s.execute("1 + 1")).outputs[0].text == "2"
     await assert_healthy(pool)
 
@@ -272,6 +274,30 @@ async def test_kill_9_from_outside_is_seen_at_once(pool: KernelPool) -> None:
         assert r.status == ExecutionStatus.CRASHED
         assert r.wall_time_s < 5
         assert "SIGKILL" in (r.message or "")
+        assert r.lost == "the kernel was killed (SIGKILL) from outside the sandbox"  # not the code's doing
+    await assert_healthy(pool)
+
+
+async def test_a_kernel_that_dies_idle_after_a_cell_is_lost_with_its_state(pool: KernelPool) -> None:
+    async with pool.session() as s:
+        await s.execute("x = 41")
+        uid = SETTINGS.uid_base + s.kernel.slot
+        os.kill(kernel_pid(uid), 9)
+        await asyncio.wait_for(s.kernel.process.wait(), 10)
+        r = await s.execute("x + 1")
+        # The cell ran in a new kernel, where x is gone for no fault of the code: an infrastructure failure.
+        assert r.error is not None and r.error.ename == "NameError"
+        assert r.lost is not None and "died while idle" in r.lost and "earlier state" in r.lost
+        assert (await s.execute("2 * 21")).lost is None
+    await assert_healthy(pool)
+
+
+async def test_a_kernel_that_dies_idle_before_any_cell_is_replaced_quietly(pool: KernelPool) -> None:
+    async with pool.session() as s:
+        os.kill(kernel_pid(SETTINGS.uid_base + s.kernel.slot), 9)
+        await asyncio.wait_for(s.kernel.process.wait(), 10)
+        r = await s.execute("2 * 21")  # no state was lost: nothing to report
+        assert (r.outputs[0].text, r.lost) == ("42", None)
     await assert_healthy(pool)
 
 

@@ -21,7 +21,6 @@ import pytest
 from httpx_sse import aconnect_sse
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
-from support.procs import pids_of_uids
 from support.server import (
     BOTH_KEY,
     EXEC_KEY,
@@ -38,10 +37,12 @@ from support.server import (
     settings,
 )
 
+from benchmarks.procs import pids_of_uids
 from runtime.adapter import model_preset
 from runtime.prompts import PRESETS
 from runtime.server import ServerSettings, create_app
 from runtime.server.auth import AuthConfigError, KeyStore, Scope, parse_keys
+from runtime.server.errors import Unauthorized
 from runtime.server.limits import Admission, AdmissionStats, Ticket
 from runtime.server.logs import JsonFormatter, set_request_id
 from runtime.settings import RuntimeSettings
@@ -304,6 +305,39 @@ def test_keys_parse_from_text_with_scopes_names_and_comments(tmp_path: Path) -> 
     assert store.identify("Bearer sk-cccccccccccccccc").name == "runner"
     with pytest.raises(AuthConfigError, match="cannot read"):
         KeyStore.from_settings(ServerSettings(api_keys_file=tmp_path / "missing.txt"))
+
+
+@pytest.mark.parametrize(
+    "presented",
+    ["sk-aaaaaaaaaaaaaaaa", "sk-cccccccccccccccc", "sk-aaaaaaaaaaaaaaab", "x", "sk-" + "a" * 4000],
+    ids=["the first key", "the last key", "one character off", "short", "long"],
+)
+def test_a_key_is_compared_with_every_stored_key_in_constant_time(
+    presented: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The time a check takes says nothing about which key matched, or how much of one: every stored
+    key is compared, always by ``hmac.compare_digest``, always on digests of one length."""
+    import hmac
+
+    store = KeyStore.from_settings(
+        ServerSettings(
+            api_keys="sk-aaaaaaaaaaaaaaaa solve a; sk-bbbbbbbbbbbbbbbb solve b; sk-cccccccccccccccc solve c"
+        )
+    )
+    compared: list[tuple[int, int]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    try:
+        name: str | None = store.identify(f"Bearer {presented}").name
+    except Unauthorized:
+        name = None
+    assert name == {"sk-aaaaaaaaaaaaaaaa": "a", "sk-cccccccccccccccc": "c"}.get(presented)
+    assert len(compared) == 3 and len({pair for pair in compared}) == 1 and compared[0][0] == compared[0][1]
 
 
 def test_no_auth_only_on_loopback_and_only_when_asked() -> None:

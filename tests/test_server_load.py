@@ -9,8 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support.procs import pids_of_uids
-
+from benchmarks.procs import pids_of_uids
 from sandbox.settings import SandboxSettings
 
 

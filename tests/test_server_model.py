@@ -20,9 +20,9 @@ from typing import Any
 import openai
 import pytest
 from httpx_sse import aconnect_sse
-from support.procs import pids_of_uids
 from support.server import SOLVE_KEY, LiveServer, bearer, http
 
+from benchmarks.procs import pids_of_uids
 from runtime.server import ServerSettings, create_app
 from runtime.server.routes.openai_api import render_markdown
 from runtime.settings import RuntimeSettings

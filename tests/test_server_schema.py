@@ -25,9 +25,9 @@ from schemathesis.checks import (
 from schemathesis.core.result import Ok
 from schemathesis.generation.case import Case
 from schemathesis.openapi import from_url
-from support.procs import pids_of_uids
 from support.server import BOTH_KEY, LiveServer, Say, ScriptBook, bearer
 
+from benchmarks.procs import pids_of_uids
 from runtime.server import ServerSettings, create_app
 from sandbox.pool import KernelPool
 from sandbox.settings import SandboxSettings

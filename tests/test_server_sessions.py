@@ -7,7 +7,6 @@ from typing import Any
 
 import httpx
 import pytest
-from support.procs import pids_of_uids
 from support.server import (
     EXEC_KEY,
     OTHER_KEY,
@@ -20,6 +19,7 @@ from support.server import (
     settings,
 )
 
+from benchmarks.procs import pids_of_uids
 from runtime.server import create_app
 from sandbox.pool import KernelPool
 

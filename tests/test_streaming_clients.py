@@ -24,10 +24,10 @@ import httpx
 import openai
 import pytest
 from httpx_sse import connect_sse
-from support.openai_server import openai_app
-from support.procs import pids_of_uids
 from support.server import SOLVE_KEY, LiveServer, bearer, leased_drops_to_zero, sandbox, settings
 
+from benchmarks.engine_server import openai_app
+from benchmarks.procs import pids_of_uids
 from runtime.backends.base import BackendError
 from runtime.backends.scripted import ScriptedBackend, Step, words
 from runtime.server import create_app

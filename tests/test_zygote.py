@@ -10,13 +10,11 @@ replaced; a zygote that cannot start falling back to cold starts with a logged r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import json
 import logging
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,8 +24,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from support.procs import kernel_pid, pids_of_uids
 
+from benchmarks.procs import kernel_pid, pids_of_uids
 from sandbox import zygote
 from sandbox.local import kernel_env
 from sandbox.pool import KernelPool, Session
@@ -243,9 +241,12 @@ async def test_no_kernel_outlives_a_sigkilled_host() -> None:
         if host.stdout is not None:
             host.stdout.close()
     left = await asyncio.to_thread(survivors, uids, zygote_pid, 5.0)
-    remove_leftover_cgroups(host.pid)
-    shutil.rmtree(cfg.run_dir, ignore_errors=True)  # the killed host's socket directories and zygote files
     assert left == [], f"outlived the host: {left}"
+    # A killed host cannot remove its kernels' cgroups and directories; the next pool does.
+    assert cgroups_of(host.pid) and any(cfg.run_dir.glob(f"k*-{host.pid}-*"))
+    async with KernelPool(cfg):  # its zygote removes the dead one's folder as it starts
+        assert cgroups_of(host.pid) == [] and list(cfg.run_dir.glob(f"k*-{host.pid}-*")) == []
+        assert list(cfg.run_dir.glob(f"zygote-{host.pid}")) == []
 
 
 def start_host(cfg: SandboxSettings) -> subprocess.Popen[bytes]:
@@ -267,8 +268,8 @@ def survivors(uids: range, zygote_pid: int, timeout_s: float) -> list[int]:
         time.sleep(0.05)
 
 
-def remove_leftover_cgroups(host_pid: int) -> None:
-    """A killed host cannot remove its kernels' (now empty) cgroups; the test does."""
-    for d in Path("/sys/fs/cgroup").glob(f"*/**/mathcoder-{host_pid}-*"):
-        with contextlib.suppress(OSError):
-            d.rmdir()
+def cgroups_of(host_pid: int) -> list[Path]:
+    """The kernel cgroups a host made (``sandbox.cgroup``: named after the host's pid)."""
+    return list(Path("/sys/fs/cgroup").glob(f"*/**/mathcoder-{host_pid}-*")) + list(
+        Path("/sys/fs/cgroup").glob(f"mathcoder-{host_pid}-*")
+    )

@@ -8,6 +8,7 @@ mean two writers and are refused; the finished file is rewritten in input order 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -101,12 +102,19 @@ class RunFolder(Generic[ConfigT, RecordT]):
         return records
 
     def append(self, record: RecordT) -> None:
-        """Append one record as one full line, flushed and fsynced before returning."""
+        """Append one record as one full line, flushed and fsynced before returning.  A write that
+        fails (a full disk) leaves no part of the line behind and raises ``RunError``."""
         line = record.model_dump_json().encode("utf-8") + b"\n"
         with self.records_path.open("ab") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+            size = f.tell()
+            try:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as exc:
+                with contextlib.suppress(OSError):  # a torn line would be dropped on resume anyway
+                    f.truncate(size)
+                raise _write_failed(self.records_path, exc) from exc
 
     def finalize(self, records: Sequence[RecordT]) -> None:
         """Rewrite the records file in input order (atomically: a crash leaves the old or the new)."""
@@ -121,13 +129,27 @@ def _id(record: BaseModel) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a crash leaves either the old file or the new one."""
+    """Write ``text`` to ``path`` so that a crash leaves either the old file or the new one; a write
+    that fails (a full disk) leaves the old one and raises ``RunError``."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _write_failed(path, exc) from exc
+
+
+def _write_failed(path: Path, exc: OSError) -> RunError:
+    why = os.strerror(exc.errno) if exc.errno else str(exc)
+    return RunError(
+        f"could not write {path} ({why}); every record written so far is kept whole: "
+        "make room and run the same command again to resume"
+    )
 
 
 def write_jsonl(path: Path, rows: Sequence[BaseModel]) -> None:

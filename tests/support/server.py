@@ -1,10 +1,7 @@
 """The harness the server tests share (this module holds no tests).
 
-``LiveServer`` runs a real uvicorn server on a loopback port in a thread with its own event loop,
-as a deployment would run it; its socket is bound and listening before the thread starts, so a
-client's first request waits in the backlog instead of failing, and ``start`` returns when the
-app's start-up is over (an event, never a sleep).  ``call`` runs a coroutine on the server's
-loop (to wait for the pool's or a session's state from a test).  ``ScriptBook`` is the test
+``LiveServer`` (``benchmarks.engine_server``) runs a real uvicorn server on a loopback port in a
+thread.  ``ScriptBook`` is the test
 double of a model: a stateless replay, answering by the problem in the prompt and the number of
 cells already run, so one script serves any number of requests; steps may wait on gates that a
 test opens, which is how tests hold a trajectory at a known point without sleeping.
@@ -13,17 +10,14 @@ test opens, which is how tests hold a trajectory at a known point without sleepi
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
-import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
-import uvicorn
-from fastapi import FastAPI
 
+from benchmarks.engine_server import LiveServer as LiveServer  # re-exported: the tests' name
 from runtime.backends.base import BackendError, Completion, CompletionRequest
 from runtime.backends.scripted import ChatMLWords
 from runtime.backends.stops import cut_at_stop
@@ -148,88 +142,6 @@ class ScriptBook(ChatMLWords):
             prompt_tokens=prompt_tokens,
             completion_tokens=len(text.split()),
         )
-
-
-class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.settled = threading.Event()  # start-up is over, either way
-        self.shutting_down = threading.Event()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        try:
-            await super().startup(sockets)
-        finally:
-            self.settled.set()
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self.shutting_down.set()
-        await super().shutdown(sockets)
-
-
-class LiveServer:
-    def __init__(self, app: FastAPI, *, grace_s: int = 5) -> None:
-        self.app = app
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(256)
-        self.port: int = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app,
-            log_config=None,
-            access_log=False,
-            ws="none",
-            lifespan="on",
-            timeout_graceful_shutdown=grace_s,
-        )
-        self.server = _Server(config)
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name=f"server-{self.port}", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as exc:  # reported by start()/stop() in the test's thread
-            self.error = exc
-        finally:
-            self.server.settled.set()
-
-    async def _serve(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        await self.server.serve(sockets=[self.sock])
-
-    def start(self, timeout_s: float = 120.0) -> LiveServer:
-        self.thread.start()
-        if not self.server.settled.wait(timeout_s):
-            raise TimeoutError(f"the server did not start within {timeout_s} s")
-        if not self.server.started:
-            self.thread.join(10)
-            raise RuntimeError(f"the server failed to start: {self.error!r}")
-        return self
-
-    def stop(self, timeout_s: float = 60.0) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout_s)
-        if self.thread.is_alive():
-            raise TimeoutError(f"the server did not stop within {timeout_s} s")
-        if self.error is not None:
-            raise self.error
-
-    async def call(self, factory: Callable[[], Awaitable[T]], timeout_s: float = 60.0) -> T:
-        """Run ``factory()`` on the server's loop; await its result from the test's loop."""
-        assert self.loop is not None
-
-        async def bounded() -> T:
-            return await asyncio.wait_for(factory(), timeout_s)
-
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(bounded(), self.loop))
-
-    @property
-    def services(self) -> Any:
-        return self.app.state.services
 
 
 async def leased_drops_to_zero(live: LiveServer) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from runtime.failures import check_cell
 from runtime.loop import CellRunner
 from runtime.trace import Block, CellProvenance, CodeBlock, OutputBlock, TextBlock
 from sandbox.result import ExecutionResult
@@ -26,8 +27,9 @@ class TraceWriter:
         self.blocks.append(TextBlock(text=text))
 
     async def run(self, code: str) -> tuple[ExecutionResult, str]:
-        """Run ``code``, append it and its real output; return the result and the output shown."""
-        result = await self.session.execute(code)
+        """Run ``code``, append it and its real output; return the result and the output shown.
+        A kernel lost for a reason outside the code raises ``KernelLost`` (an infrastructure failure)."""
+        result = check_cell(await self.session.execute(code))
         shown = result.prompt_text(OUTPUT_CHARS)
         self.blocks += [CodeBlock(code=code), OutputBlock(output=shown, status=result.status)]
         self.cells.append(CellProvenance.of(len(self.cells), result, shown))

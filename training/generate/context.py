@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from benchmarks.records import Problem, RunConfig, SampleRecord
 from benchmarks.run import solve_problems
 from runtime.backends.base import Backend, CompletionRequest, SamplingParams
+from runtime.failures import InfrastructureFailure
 from runtime.grading import is_equivalent
 from runtime.loop import SessionFactory
 from training.generate.records import GenerateConfig
@@ -94,5 +95,7 @@ class GenContext:
         async for record in solve_problems(
             [problem], run, backend=self.teacher, sessions=self.sessions, limiter=self.limiter
         ):
+            if record.infrastructure_failure:  # the harness retried it already
+                raise InfrastructureFailure(next(s.error for s in record.samples if s.error is not None))
             return record.samples
         raise AssertionError("solve_problems yielded no record")

@@ -108,6 +108,8 @@ def _card(
     contamination: ContaminationIndex | None,
     sft_preset: str,
 ) -> dict[str, Any]:
+    failed = [o.id for o in outcomes if o.infrastructure_failure is not None]
+    outcomes = [o for o in outcomes if o.infrastructure_failure is None]  # not the data's outcome
     seeds = len(outcomes)
     productive = sum(bool(o.records) for o in outcomes)
     candidates = sum(o.candidates for o in outcomes)
@@ -136,6 +138,11 @@ def _card(
             "by_mode": dict(Counter(r.mode for r in kept)),
         },
         "rejections": dict(reasons.most_common()),
+        "infrastructure_failures": {
+            "seeds": len(failed),
+            "ids": failed[:50],
+            "note": "sandbox or teacher failures after their retries: not counted above; a resume tries them again",
+        },
         "dedupe": {
             "exact": stats.exact,
             "near": stats.near,
@@ -166,6 +173,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         "| | |",
         "|---|---|",
         f"| seeds | {counts['seeds']} |",
+        f"| seeds not done: infrastructure failures (a resume retries them) | "
+        f"{card.get('infrastructure_failures', {}).get('seeds', 0)} |",
         f"| seeds with an example (yield) | {counts['seeds_with_an_example']} ({counts['seed_yield']:.1%}) |",
         f"| candidates / generated | {counts['candidates']} / {counts['generated']} |",
         f"| repaired seeds | {counts['repaired_seeds']} |",

@@ -82,6 +82,12 @@ class SeedOutcome(BaseModel):
     candidates: int = Field(default=0, description="Candidates tried (kept + rejected).")
     repaired: int = Field(default=0, description="Kept records whose source needed a repair.")
     wall_time_s: float = 0.0
+    infrastructure_failure: str | None = Field(
+        default=None,
+        description="The sandbox or the teacher failed on this seed after its retries (runtime.failures): "
+        "nothing was kept or rejected, and a resumed run tries the seed again.",
+    )
+    attempts: int = Field(default=1, ge=1, description="Tries of this seed (1 + infrastructure retries).")
 
 
 class SftSegment(BaseModel):

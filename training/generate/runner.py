@@ -20,12 +20,15 @@ from pydantic import BaseModel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from benchmarks.records import Problem
-from runtime.backends.base import Backend
+from benchmarks.settings import BenchmarkSettings
+from runtime.backends.base import Backend, BackendError
 from runtime.backends.factory import BackendSpec
 from runtime.batch.drive import drive_local, drive_ray
-from runtime.batch.folder import RunFolder
+from runtime.batch.folder import RunError, RunFolder
+from runtime.failures import InfrastructureFailure, retrying
 from runtime.loop import SessionFactory
 from runtime.scheduler import solve_all
+from sandbox.errors import SandboxError
 from sandbox.pool import KernelPool
 from sandbox.settings import SandboxSettings
 from training.generate.context import GenContext
@@ -80,22 +83,54 @@ class GenProgress:
 def guarded(
     mode: str, fn: Callable[[Problem, GenContext], Awaitable[SeedOutcome]], ctx: GenContext
 ) -> Callable[[Problem], Awaitable[SeedOutcome]]:
-    """``fn`` with a seed's unreadable data turned into a logged rejection instead of a dead run
-    (a broken sandbox or teacher still stops the run: it would fail every seed after it)."""
+    """``fn`` with a seed's unreadable data turned into a logged rejection instead of a dead run, and
+    an infrastructure failure (``runtime.failures``: the sandbox or the teacher failed, not the data)
+    retried with back-off, then recorded as such for a resume to try again.  A sandbox or teacher
+    that fails every seed still stops the run: after ``BROKEN_AFTER`` seeds in a row fail so, the
+    next raises (the failed seeds are recorded; a resume redoes them)."""
+    settings = BenchmarkSettings()  # the harness's retry policy: one for every run of trajectories
+    streak = [0]
 
-    async def run(seed: Problem) -> SeedOutcome:
+    async def once(seed: Problem) -> tuple[SeedOutcome, bool]:
+        """The seed's outcome, and whether it is worth another try."""
         t0 = time.monotonic()
         try:
-            return await fn(seed, ctx)
+            return await fn(seed, ctx), False
         except (ConversionError, ValueError, KeyError) as exc:
             rejection = Rejection(
                 seed_id=seed.id, mode=mode, reason="error", detail=f"{type(exc).__name__}: {exc}"
             )
             return SeedOutcome(
                 id=seed.id, rejections=[rejection], candidates=1, wall_time_s=time.monotonic() - t0
+            ), False
+        except (BackendError, SandboxError, InfrastructureFailure) as exc:  # runtime.failures' errors
+            failed = SeedOutcome(
+                id=seed.id,
+                wall_time_s=time.monotonic() - t0,
+                infrastructure_failure=f"{type(exc).__name__}: {exc}"[:500],
             )
+            return failed, not isinstance(exc, InfrastructureFailure)  # that one was retried already
+
+    async def run(seed: Problem) -> SeedOutcome:
+        if streak[0] >= BROKEN_AFTER:
+            raise RunError(
+                f"{streak[0]} seeds in a row failed for a reason outside the data (the last: see "
+                "outcomes.jsonl); fix the sandbox or the teacher and run the same command again"
+            )
+        (outcome, _), attempts = await retrying(
+            lambda: once(seed),
+            lambda tried: tried[1],
+            retries=settings.infra_retries,
+            backoff_s=settings.retry_backoff_s,
+        )
+        streak[0] = streak[0] + 1 if outcome.infrastructure_failure is not None else 0
+        return outcome.model_copy(update={"attempts": attempts}) if attempts > 1 else outcome
 
     return run
+
+
+BROKEN_AFTER = 20
+"""Seeds in a row that end on an infrastructure failure before a generation run stops."""
 
 
 async def map_seeds(
@@ -126,7 +161,12 @@ async def map_seeds(
 
 def outcome_folder(out_dir: Path) -> RunFolder[GenerateConfig, SeedOutcome]:
     return RunFolder(
-        out_dir, GenerateConfig, SeedOutcome, records_name="outcomes.jsonl", resumable=RESUMABLE_FIELDS
+        out_dir,
+        GenerateConfig,
+        SeedOutcome,
+        records_name="outcomes.jsonl",
+        resumable=RESUMABLE_FIELDS,
+        redo=lambda outcome: outcome.infrastructure_failure is not None,
     )
 
 
