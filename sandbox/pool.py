@@ -33,6 +33,9 @@ from sandbox.sweep import sweep
 
 logger = logging.getLogger(__name__)
 
+START_TRIES = 3
+"""Kernel starts that must fail in a row before a waiting session is failed with the last error."""
+
 
 @dataclass
 class PoolStats:
@@ -101,6 +104,7 @@ class KernelPool:
         self._started = 0
         self._restarts = 0
         self._start_failures = 0
+        self._failing = 0  # kernel starts that failed in a row
         self._settled: list[asyncio.Future[None]] = []  # resolved when no kernel is starting
         self._watchers: list[asyncio.Future[None]] = []  # resolved at the next change of stats()
 
@@ -234,14 +238,19 @@ class KernelPool:
             self._start_done()
             self._free_slots.append(slot)
             self._start_failures += 1
-            logger.error("kernel start failed: %s", exc)
-            # Waiters must not hang on a sandbox that cannot start kernels: fail the oldest one.
-            if self._waiters:
+            self._failing += 1
+            logger.error("kernel start failed (%d in a row): %s", self._failing, exc)
+            # One failed start (a kernel killed as it started) is tried again for the waiters; a
+            # sandbox that keeps failing must not leave them hanging: it fails the oldest one.
+            if self._failing < START_TRIES:
+                self._refill()
+            elif self._waiters:
                 waiter = self._waiters.popleft()
                 if not waiter.done():
                     waiter.set_exception(exc)
             return
         self._start_done()
+        self._failing = 0
         self._started += 1
         logger.debug("kernel %d ready in %.2f s", slot, time.perf_counter() - started)
         self._give(kernel)

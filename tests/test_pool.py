@@ -13,7 +13,7 @@ from benchmarks.procs import pids_of_uids
 from sandbox.errors import KernelStartError, PoolClosed, PoolFull
 from sandbox.launcher import KernelSpec
 from sandbox.local import LocalKernelProcess, LocalLauncher
-from sandbox.pool import KernelPool
+from sandbox.pool import START_TRIES, KernelPool
 from sandbox.result import ExecutionStatus
 from sandbox.settings import SandboxSettings
 
@@ -143,8 +143,28 @@ async def test_a_kernel_that_dies_on_start_fails_the_waiter_with_the_reason() ->
         with pytest.raises(KernelStartError, match="exited with status 3: no kernel today"):
             async with pool.session():
                 pass
-        assert pool.stats().start_failures == 1
+        assert pool.stats().start_failures == START_TRIES  # tried again before the waiter is failed
     assert list(cfg.run_dir.iterdir()) == []
+
+
+class DiesOnFirstStart(DiesOnStart):
+    """The first kernel dies as it starts (as one killed from outside would); the next ones start."""
+
+    def __init__(self, settings: SandboxSettings) -> None:
+        super().__init__(settings)
+        self.launched = 0
+
+    async def launch(self, spec: KernelSpec) -> LocalKernelProcess:
+        self.launched += 1
+        return await (super().launch(spec) if self.launched == 1 else LocalLauncher.launch(self, spec))
+
+
+async def test_a_kernel_that_dies_on_start_once_is_started_again_for_its_waiter() -> None:
+    cfg = settings(63055, pool_size=0, max_kernels=1)
+    async with KernelPool(cfg, DiesOnFirstStart(cfg)) as pool:
+        async with pool.session() as s:
+            assert (await s.execute("6 * 7")).outputs[0].text == "42"
+        assert pool.stats().start_failures == 1
 
 
 async def test_a_dead_idle_kernel_is_never_leased() -> None:

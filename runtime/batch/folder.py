@@ -105,16 +105,20 @@ class RunFolder(Generic[ConfigT, RecordT]):
         """Append one record as one full line, flushed and fsynced before returning.  A write that
         fails (a full disk) leaves no part of the line behind and raises ``RunError``."""
         line = record.model_dump_json().encode("utf-8") + b"\n"
-        with self.records_path.open("ab") as f:
-            size = f.tell()
+        fd = os.open(self.records_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:  # unbuffered: nothing is left for a close to flush (and fail on) after a failed write
+            size = os.fstat(fd).st_size
             try:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
             except OSError as exc:
                 with contextlib.suppress(OSError):  # a torn line would be dropped on resume anyway
-                    f.truncate(size)
+                    os.ftruncate(fd, size)
                 raise _write_failed(self.records_path, exc) from exc
+        finally:
+            os.close(fd)
 
     def finalize(self, records: Sequence[RecordT]) -> None:
         """Rewrite the records file in input order (atomically: a crash leaves the old or the new)."""
