@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from runtime.backends.base import Backend, Completion, CompletionRequest, SamplingParams
 
@@ -68,7 +69,10 @@ def openai_app(backend: Backend, *, fail_rate: float = 0.0, seed: int = 0) -> Fa
 
     @app.post("/v1/completions")
     async def completions(http: Request) -> Response:
-        body = await http.json()
+        try:
+            body = await http.json()
+        except ClientDisconnect:  # the client died mid-request (a chaos run SIGKILLs it)
+            return Response(status_code=499)
         app.state.calls += 1
         if fail_rate and draw.random() < fail_rate:
             app.state.failed += 1

@@ -334,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         "ok_share": round(ok_share, 4),
         "complete_share": round(complete_share, 4),
         "kernel_kills": tally.kills,
+        "dropped_messages_logged": tail.count("dropped a message the host cannot read"),
         "bad_examples": tally.bad,
         "trend": trend,
         "samples": ran["samples"],

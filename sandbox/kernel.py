@@ -21,7 +21,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty
@@ -149,6 +149,7 @@ class Kernel:
         self.client = client
         self.settings = settings
         self.slot = slot
+        self.dropped = 0  # messages the host could not verify or read (see _read)
         self._exit = asyncio.ensure_future(process.wait())
 
     @classmethod
@@ -316,14 +317,32 @@ class Kernel:
 
     async def _pump(self, msg_id: str, capture: _Capture) -> None:
         while True:
-            msg = await self.client.get_iopub_msg()
+            msg = await self._read(self.client.get_iopub_msg)
             if msg["parent_header"].get("msg_id") == msg_id and capture.feed(msg):
                 break
         # The shell reply comes with the idle status; reading it keeps the shell queue empty.
         while True:
-            reply = await self.client.get_shell_msg()
+            reply = await self._read(self.client.get_shell_msg)
             if reply["parent_header"].get("msg_id") == msg_id:
                 return
+
+    async def _read(self, get: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """The next message the host can verify and read.  Code in the kernel can write to the
+        kernel's own sockets: a frame with a wrong signature, torn or of the wrong shape is dropped
+        (logged), never allowed to fail the cell's call -- the HMAC key stays the host's check."""
+        while True:
+            try:
+                msg = await get()
+                if isinstance(msg.get("parent_header"), dict) and isinstance(msg.get("content"), dict):
+                    return msg
+                problem = "a message without a parent header or content"
+            except (ValueError, TypeError, KeyError) as exc:  # what jupyter_client raises on such frames
+                problem = f"{type(exc).__name__}: {str(exc)[:120]}"
+            self.dropped += 1
+            if self.dropped <= 3:
+                logger.warning(
+                    "kernel in slot %d: dropped a message the host cannot read (%s)", self.slot, problem
+                )
 
     async def close(self) -> None:
         """Kill the kernel with everything it started and remove its files (idempotent)."""

@@ -310,6 +310,22 @@ async def test_killing_the_parent_from_inside_fails(pool: KernelPool) -> None:
     await assert_healthy(pool)
 
 
+async def test_forged_protocol_messages_from_a_cell_are_dropped(pool: KernelPool) -> None:
+    """A cell can write to its kernel's own sockets: frames the host cannot verify (a wrong
+    signature, a torn message) are dropped, never taken for output nor allowed to fail the call."""
+    forge = (
+        "k = get_ipython().kernel\n"
+        "k.iopub_socket.send_multipart([b'<IDS|MSG>', b'0' * 64, b'{}', b'{}', b'{}', b'{}'])\n"
+        "k.iopub_socket.send_multipart([b'<IDS|MSG>', b'torn'])\n"
+        "print('still here')"
+    )
+    async with pool.session() as s:
+        r = await s.execute(forge)
+        assert (r.status, r.stdout) == (ExecutionStatus.OK, "still here\n")
+        assert (await s.execute("6 * 7")).outputs[0].text == "42"
+    await assert_healthy(pool)
+
+
 async def test_no_state_leaks_between_sessions(pool: KernelPool) -> None:
     async with pool.session() as a:
         await a.execute("secret = 42\nimport math\nmath.pi = 3\nopen('/tmp/leak', 'w').write('x')")
