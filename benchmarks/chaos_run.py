@@ -38,7 +38,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +45,7 @@ from typing import Any
 
 from benchmarks.bench_io import print_table, write_results
 from benchmarks.engine_server import LiveServer, openai_app
-from benchmarks.procs import pids_of_uids
+from benchmarks.procs import KernelKiller, pids_of_uids
 from runtime.backends.base import Completion, CompletionRequest
 from runtime.backends.scripted import ChatMLWords
 from runtime.backends.stops import cut_at_stop
@@ -111,33 +110,6 @@ class Faults:
     harness_pids: list[int] = field(default_factory=list)
     engine_calls: int = 0
     engine_failures: int = 0
-
-
-class KernelKiller(threading.Thread):
-    """SIGKILLs a random ipykernel process of ``uids`` every ``every_s`` on average."""
-
-    def __init__(self, uids: range, every_s: float, faults: Faults, seed: int) -> None:
-        super().__init__(name="kernel-killer", daemon=True)
-        self.uids, self.every_s, self.faults = uids, every_s, faults
-        self.draw = random.Random(seed)
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.draw.expovariate(1 / self.every_s)):
-            kernels = [p for p in pids_of_uids(self.uids) if _is_kernel(p)]
-            if not kernels:
-                continue
-            try:
-                os.kill(self.draw.choice(kernels), signal.SIGKILL)
-                self.faults.kernel_kills += 1
-            except ProcessLookupError:
-                self.faults.kernel_kill_misses += 1
-
-
-def _is_kernel(pid: int) -> bool:
-    with contextlib.suppress(OSError):
-        return b"ipykernel" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    return False
 
 
 def records_in(out: Path) -> int:
@@ -296,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             n = args.problems
             kill_at = [round(n * (i + 1) / (args.harness_kills + 2)) for i in range(args.harness_kills)]
             fill_at = round(n * 0.8) if args.disk_full and fs is not None else None
-            killer = KernelKiller(uids, args.kill_every_s, faults, args.seed)
+            killer = KernelKiller(uids, args.kill_every_s, args.seed)
             killer.start()
             t0 = time.monotonic()
             try:
@@ -305,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 killer.stopped.set()
                 killer.join()
+                faults.kernel_kills, faults.kernel_kill_misses = killer.kills, killer.misses
             chaos_s = time.monotonic() - t0
             chaotic = outcomes(out)
             records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]

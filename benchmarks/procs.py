@@ -1,8 +1,13 @@
-"""Looking at this host's processes from the outside, to check what the sandbox leaves behind."""
+"""Looking at this host's processes from the outside: to check what the sandbox leaves behind, and
+to kill kernels the way an operator or the host's OOM killer would (the fault scripts)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
+import signal
+import threading
 from pathlib import Path
 
 
@@ -38,3 +43,33 @@ def kernel_pid(uid: int) -> int:
 def rss_bytes() -> int:
     """Resident memory of this process."""
     return int(Path(f"/proc/{os.getpid()}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def is_kernel(pid: int) -> bool:
+    """Whether ``pid`` runs ipykernel (a kernel, not its init, bubblewrap or a child it started)."""
+    with contextlib.suppress(OSError):
+        return b"ipykernel" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    return False
+
+
+class KernelKiller(threading.Thread):
+    """SIGKILLs a random kernel process of ``uids`` after exponential gaps of mean ``every_s``,
+    until ``stopped`` is set; counts its kills and the ones whose process was gone first."""
+
+    def __init__(self, uids: range, every_s: float, seed: int) -> None:
+        super().__init__(name="kernel-killer", daemon=True)
+        self.uids, self.every_s = uids, every_s
+        self.draw = random.Random(seed)
+        self.stopped = threading.Event()
+        self.kills = self.misses = 0
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.draw.expovariate(1 / self.every_s)):
+            kernels = [p for p in pids_of_uids(self.uids) if is_kernel(p)]
+            if not kernels:
+                continue
+            try:
+                os.kill(self.draw.choice(kernels), signal.SIGKILL)
+                self.kills += 1
+            except ProcessLookupError:
+                self.misses += 1

@@ -32,14 +32,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -50,7 +48,7 @@ import httpx
 from httpx_sse import aconnect_sse
 
 from benchmarks.bench_io import print_table, write_results
-from benchmarks.procs import pids_of_uids
+from benchmarks.procs import KernelKiller, is_kernel, pids_of_uids
 from benchmarks.server_load import LoadScript, rss_mb, sandbox_settings, wait_ready
 from sandbox import cgroup
 
@@ -189,28 +187,6 @@ async def session_client(client: httpx.AsyncClient, tally: Tally, until: float, 
         tally.add("ok" if r.status_code == 204 else classify(r)[0], r.status_code, r.text[:200])
 
 
-class KernelKiller(threading.Thread):
-    def __init__(self, uids: range, every_s: float, tally: Tally, seed: int) -> None:
-        super().__init__(name="kernel-killer", daemon=True)
-        self.uids, self.every_s, self.tally = uids, every_s, tally
-        self.draw = random.Random(seed)
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.draw.expovariate(1 / self.every_s)):
-            kernels = [p for p in pids_of_uids(self.uids) if _is_kernel(p)]
-            if kernels:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.draw.choice(kernels), signal.SIGKILL)
-                    self.tally.kills += 1
-
-
-def _is_kernel(pid: int) -> bool:
-    with contextlib.suppress(OSError):
-        return b"ipykernel" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    return False
-
-
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -221,7 +197,7 @@ async def soak(args: argparse.Namespace, proc: subprocess.Popen[bytes], url: str
     samples: list[dict[str, float]] = []
     start = time.monotonic()
     until = start + args.minutes * 60
-    killer = KernelKiller(uids, args.kill_every_s, tally, args.seed)
+    killer = KernelKiller(uids, args.kill_every_s, args.seed)
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
     headers = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -231,7 +207,7 @@ async def soak(args: argparse.Namespace, proc: subprocess.Popen[bytes], url: str
                 "minute": round((time.monotonic() - start) / 60, 2),
                 "rss_mb": round(rss_mb(proc.pid), 1),
                 "fds": open_fds(proc.pid),
-                "kernels": len([p for p in pids_of_uids(uids) if _is_kernel(p)]),
+                "kernels": len([p for p in pids_of_uids(uids) if is_kernel(p)]),
             })  # fmt: skip
             await asyncio.sleep(args.sample_s)
 
@@ -246,6 +222,7 @@ async def soak(args: argparse.Namespace, proc: subprocess.Popen[bytes], url: str
         finally:
             killer.stopped.set()
             killer.join()
+            tally.kills = killer.kills
     return {"tally": tally, "samples": samples, "uids": uids}
 
 
