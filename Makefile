@@ -43,7 +43,7 @@ QUESTION ?= A bakery packs muffins in boxes of 6. Priya buys 7 boxes and gives 1
 # everything falls back to transformers, ~4x slower for one stream.
 llama-server: $(BIN)/llama-server
 
-$(BIN)/llama-server: | $(VENV)/.installed
+$(BIN)/llama-server: deploy/build-llama-server.sh | $(VENV)/.installed
 	bash deploy/build-llama-server.sh $(BIN)
 
 # Rebuild the default adapter from nothing on this CPU: gsm8k-calc traces of the first 2,000 GSM8K

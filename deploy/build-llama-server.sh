@@ -14,12 +14,19 @@
 # A build is also kept in ~/.cache/mathcoder/llama.cpp, keyed by the version and this CPU's flags
 # (a native build runs only where it was built): a fresh clone on the same machine copies it in
 # seconds instead of compiling again.
+#
+# Without AMX: on Sapphire Rapids-class CPUs (AMX_INT8) a native build repacks the weights for
+# ggml's AMX kernels, and ggml_backend_amx_mul_mat segfaults on the first decode (seen here with
+# the Q4_1 default model; llama.cpp issue #20824, unfixed). AVX-512/VNNI/BF16 stay on; GCC lets an
+# explicit -mno-amx-* win over the -march=native that GGML_NATIVE adds.
 set -euo pipefail
 bin=${1:?usage: build-llama-server.sh VENV_BIN}
 version=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
-stamp="$bin/.llama-server-$version"
-[ -x "$bin/llama-server" ] && [ -f "$stamp" ] && exit 0
-cpu=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | sha256sum | cut -c1-12)
+recipe=2  # bump when the cmake options below change: a cached build of another recipe is not reused
+no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+stamp="$bin/.llama-server-$version-r$recipe"
+cpu=$( { grep -m1 '^flags' /proc/cpuinfo 2>/dev/null; echo "recipe $recipe"; } | sha256sum | cut -c1-12)
+[ -x "$bin/llama-server" ] && [ -f "$stamp" ] && { touch "$bin/llama-server"; exit 0; }
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/mathcoder/llama.cpp/$version-$(uname -m)-$cpu"
 share="$bin/../share/llama.cpp"
 install_from() {  # a finished build folder (bin/, share/) -> the virtualenv
@@ -47,6 +54,7 @@ tar xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
 src=$(echo "$work"/llama_cpp_python-*/vendor/llama.cpp)
 generator=(); command -v ninja >/dev/null && generator=(-G Ninja)
 cmake -S "$src" -B "$src/build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+  -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" \
   -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
   -DBUILD_SHARED_LIBS=OFF >/dev/null
 cmake --build "$src/build" --target llama-server llama-batched-bench -j "$(nproc)" >/dev/null
