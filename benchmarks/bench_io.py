@@ -29,6 +29,26 @@ def percentile(samples: Sequence[float], q: float) -> float:
     return ordered[rank]
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+"""The CPU features that change our numbers: llama.cpp's kernels and torch's bf16 path (AMX too)."""
+
+
+def cpu_description() -> str:
+    """The CPU model and the ISA features of ``ISA_FLAGS`` it has, e.g. "AMD EPYC 9B14 (avx2, avx512f)"."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    return f"{model} ({', '.join(f for f in ISA_FLAGS if f in flags)})" if flags else model
+
+
 def environment() -> dict[str, Any]:
     try:
         commit = subprocess.run(
@@ -43,6 +63,7 @@ def environment() -> dict[str, Any]:
         "commit": commit + ("-dirty" if dirty else ""),
         "host": platform.node(),
         "cpus": os.cpu_count(),
+        "cpu": cpu_description(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

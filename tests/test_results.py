@@ -14,9 +14,12 @@ from runtime.trace import CellProvenance, CodeBlock, OutputBlock, TextBlock, Tra
 from training.results import (
     RESULTS_PATH,
     EvalResult,
+    EvidenceError,
     ExperimentResults,
     add_run,
+    keep,
     load_results,
+    main,
     run_entry,
     wilson_interval,
 )
@@ -127,3 +130,53 @@ def test_an_entry_is_computed_from_the_run_folders(tmp_path: Path) -> None:
     again = add_run(entry, results_file)  # replaces the entry of the same name
     assert [r.name for r in again.runs] == ["calc"]
     assert ExperimentResults.model_validate_json(results_file.read_text()) == again
+
+
+def test_kept_evidence_gives_the_entry_the_run_folders_give(tmp_path: Path) -> None:
+    """runs/ does not survive a change of machine: the files kept in docs/measurements must suffice."""
+    control = _bench(tmp_path / "text", [True, False, False, True, False], [])
+    code = _bench(tmp_path / "calc", [True, True, True, False, False], [("x", "ok"), ("y", "error")])
+    kept = tmp_path / "measurements"
+    kept.mkdir()
+    keep("text", {"gsm8k": control}, None, kept)
+    written = keep("calc", {"gsm8k": code}, None, kept)
+    assert sorted(p.name for p in written) == ["gsm8k-calc-outcomes.jsonl", "gsm8k-calc-report.json"]
+    first = json.loads((kept / "gsm8k-calc-outcomes.jsonl").read_text().splitlines()[0])
+    assert first == {
+        "id": "gsm8k-test-0",
+        "answer": "1",
+        "correct": True,
+        "cells": 2,
+        "stop_reason": "answer",
+    }
+
+    from_folders = run_entry("calc", "code", evals={"gsm8k": code}, control_gsm8k=control, data=["c"])
+    from_kept = run_entry(
+        "calc",
+        "code",
+        evals={"gsm8k": kept / "gsm8k-calc-report.json"},
+        control_gsm8k=kept / "gsm8k-text-report.json",
+        data=["c"],
+    )
+    assert from_kept.eval == from_folders.eval
+    assert from_kept.tool_use == from_folders.tool_use and from_kept.stop_reasons == from_folders.stop_reasons
+    assert from_kept.mcnemar_vs_control == from_folders.mcnemar_vs_control
+    assert from_kept.mcnemar_vs_control is not None and from_kept.mcnemar_vs_control.wins == 2
+
+
+def test_a_control_without_kept_outcomes_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = _bench(tmp_path / "calc", [True, False], [])
+    kept = tmp_path / "measurements"
+    kept.mkdir()
+    keep("text", {"gsm8k": _bench(tmp_path / "text", [False, True], [])}, None, kept)
+    (kept / "gsm8k-text-outcomes.jsonl").unlink()
+    with pytest.raises(EvidenceError, match="no per-problem outcomes"):
+        run_entry("calc", "code", evals={"gsm8k": code}, control_gsm8k=kept / "gsm8k-text-report.json")
+    results = tmp_path / "results.json"
+    argv = ["add", "calc", "--role", "code", "--eval", f"gsm8k={code}", "--data", "c"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--control", str(kept / "gsm8k-text-report.json"), "--results", str(results)])
+    assert exit_info.value.code == 2 and "no per-problem outcomes" in capsys.readouterr().err
+    assert not results.exists()  # nothing half-written

@@ -9,6 +9,13 @@ folders of ``mathcoder bench`` (read through ``benchmarks.summary``), so no numb
 
 ``python -m training.results add NAME --role code --train runs/train/calc --eval gsm8k=runs/bench/calc
 --control runs/bench/text`` adds (or replaces) one entry in ``docs/results.json``.
+
+``runs/`` is not committed and does not survive a change of machine, so the evidence behind an entry
+is *kept* in ``docs/measurements`` as soon as a run finishes: ``python -m training.results keep NAME
+--eval gsm8k=runs/bench/calc --train runs/train/calc`` writes ``gsm8k-NAME-report.json`` (the bench
+report), ``gsm8k-NAME-outcomes.jsonl`` (per problem: id, answer, grade, cells, stop reason; no
+question text) and ``NAME-train_results.json``.  Every ``--eval``, ``--control`` and ``--train`` of
+``add`` takes either the run folder or these kept files, and McNemar's test pairs the outcomes by id.
 """
 
 from __future__ import annotations
@@ -22,10 +29,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from benchmarks.compare import compare_runs
-from benchmarks.summary import build_report
+from benchmarks.compare import mcnemar
+from benchmarks.summary import Report, build_report, load_run
 
 RESULTS_PATH = Path(__file__).resolve().parent.parent / "docs" / "results.json"
+MEASUREMENTS = RESULTS_PATH.parent / "measurements"
+REPORT_SUFFIX, OUTCOMES_SUFFIX = "-report.json", "-outcomes.jsonl"
+
+
+class EvidenceError(ValueError):
+    """A run folder or kept file that cannot back an entry (missing, or not what it claims)."""
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -111,9 +124,63 @@ def load_results(path: Path = RESULTS_PATH) -> ExperimentResults:
     return ExperimentResults.model_validate_json(path.read_text(encoding="utf-8"))
 
 
-def eval_entry(bench_dir: Path) -> tuple[EvalResult, ToolUse, dict[str, int]]:
-    """Accuracy (with its interval), tool use and stop reasons of one ``mathcoder bench`` run folder."""
-    report = build_report(bench_dir)
+def load_report(source: Path) -> Report:
+    """The bench report of a run folder, or a kept ``*-report.json``."""
+    if source.is_dir():
+        return build_report(source)
+    if source.is_file() and source.name.endswith(REPORT_SUFFIX):
+        return Report.model_validate_json(source.read_text(encoding="utf-8"))
+    raise EvidenceError(f"{source}: neither a bench run folder nor a kept *{REPORT_SUFFIX}")
+
+
+def load_outcomes(source: Path) -> dict[str, bool]:
+    """Problem id -> graded correct, from a run folder or the outcomes kept beside a kept report."""
+    if source.is_dir():
+        _, records = load_run(source)
+        return {r.id: r.correct for r in records if not r.infrastructure_failure}
+    outcomes = source.with_name(source.name.removesuffix(REPORT_SUFFIX) + OUTCOMES_SUFFIX)
+    if not outcomes.is_file():
+        raise EvidenceError(f"{source}: no per-problem outcomes kept beside it ({outcomes.name})")
+    rows = [json.loads(line) for line in outcomes.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {row["id"]: bool(row["correct"]) for row in rows}
+
+
+def keep(
+    name: str, evals: dict[str, Path], train_dir: Path | None, folder: Path = MEASUREMENTS
+) -> list[Path]:
+    """Copy the evidence of a finished run out of ``runs/`` into ``folder`` (see the module docstring)."""
+    written = []
+    for dataset, bench_dir in evals.items():
+        report = build_report(bench_dir)
+        _, records = load_run(bench_dir)
+        base = folder / f"{dataset}-{name}"
+        report_path = base.with_name(base.name + REPORT_SUFFIX)
+        report_path.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        rows = []
+        for r in records:
+            trace = r.samples[0].trace if len(r.samples) == 1 else None
+            rows.append(
+                {
+                    "id": r.id,
+                    "answer": r.answer,
+                    "correct": r.correct,
+                    "cells": len(trace.code_cells) if trace else None,
+                    "stop_reason": trace.metadata.stop_reason if trace else None,
+                }
+            )
+        outcomes_path = base.with_name(base.name + OUTCOMES_SUFFIX)
+        outcomes_path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        written += [report_path, outcomes_path]
+    if train_dir is not None:
+        target = folder / f"{name}-train_results.json"
+        target.write_text((train_dir / "train_results.json").read_text(encoding="utf-8"), encoding="utf-8")
+        written.append(target)
+    return written
+
+
+def eval_entry(source: Path) -> tuple[EvalResult, ToolUse, dict[str, int]]:
+    """Accuracy (with its interval), tool use and stop reasons of one bench run (folder or kept report)."""
+    report = load_report(source)
     correct, n = report.accuracy.count, report.accuracy.total
     use = report.tool_use
     evaluation = EvalResult(
@@ -123,7 +190,7 @@ def eval_entry(bench_dir: Path) -> tuple[EvalResult, ToolUse, dict[str, int]]:
         ci95=wilson_interval(correct, n),
         max_tokens=report.config.max_tokens,
         preset=report.config.preset,
-        run_dir=str(bench_dir),
+        run_dir=report.run_dir,
     )
     tool_use = ToolUse(
         cells_per_problem=use.cells_per_trajectory.mean,
@@ -134,11 +201,18 @@ def eval_entry(bench_dir: Path) -> tuple[EvalResult, ToolUse, dict[str, int]]:
     return evaluation, tool_use, report.stop_reasons
 
 
-def train_entry(train_dir: Path) -> tuple[TrainInfo, dict[str, Any], list[str]]:
-    """(throughput, recipe, data) from a ``mathcoder train`` run folder's ``train_results.json``."""
-    results = json.loads((train_dir / "train_results.json").read_text(encoding="utf-8"))
+def train_entry(source: Path) -> tuple[TrainInfo, dict[str, Any], list[str]]:
+    """(throughput, recipe, data) from a ``mathcoder train`` folder's ``train_results.json`` (or a kept copy)."""
+    path = source / "train_results.json" if source.is_dir() else source
+    if not path.is_file():
+        raise EvidenceError(f"{source}: no train_results.json")
+    results = json.loads(path.read_text(encoding="utf-8"))
     env = results.get("environment", {})
-    hardware = env.get("gpu") or env.get("cpu") or env.get("machine") or "unknown"
+    hardware = env.get("gpu") or env.get("cpu") or env.get("machine")
+    if not hardware:  # written before environment() named the CPU
+        hardware = (
+            f"{env.get('cpus', '?')} CPUs (model not recorded), {env.get('platform', 'unknown platform')}"
+        )
     info = TrainInfo(
         tokens=results["train_tokens"],
         tokens_per_s=results["tokens_per_s"],
@@ -177,7 +251,8 @@ def run_entry(
         if dataset == "gsm8k":
             tool_use, stops = use, reasons
     if train_dir is not None:
-        train, recipe, data = train_entry(train_dir)
+        train, recipe, trained_on = train_entry(train_dir)
+        data = list(data) if data else trained_on  # --data names them where the files' paths say little
     elif role == "base":
         train, recipe, data = None, {}, []
     else:
@@ -189,8 +264,11 @@ def run_entry(
         recipe["continues_from"] = continues_from
     versus = None
     if control_gsm8k is not None and "gsm8k" in evals and role != "control":
-        mc = compare_runs(control_gsm8k, evals["gsm8k"]).mcnemar
-        versus = McNemarVsControl(p=mc.p_value, wins=mc.wins, losses=mc.losses)
+        ours, theirs = load_outcomes(evals["gsm8k"]), load_outcomes(control_gsm8k)
+        paired = [i for i in ours if i in theirs]
+        wins = sum(ours[i] and not theirs[i] for i in paired)
+        losses = sum(theirs[i] and not ours[i] for i in paired)
+        versus = McNemarVsControl(p=mcnemar(wins, losses).p_value, wins=wins, losses=losses)
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
@@ -230,9 +308,17 @@ def main(argv: list[str] | None = None) -> None:
     add.add_argument("--control", type=Path, default=None, help="The control's GSM8K bench folder.")
     add.add_argument("--continues-from", default=None, help="The run whose weights this one started from.")
     add.add_argument(
-        "--data", action="append", default=None, help="The run's data set, when its train folder is gone."
+        "--data",
+        action="append",
+        default=None,
+        help="The run's data set names (default: the files it trained on).",
     )
     add.add_argument("--results", type=Path, default=RESULTS_PATH)
+    kept = sub.add_parser("keep", help="Keep a finished run's evidence in docs/measurements.")
+    kept.add_argument("name")
+    kept.add_argument("--eval", action="append", default=[], metavar="DATASET=BENCH_DIR")
+    kept.add_argument("--train", type=Path, default=None, help="The mathcoder train run folder.")
+    kept.add_argument("--folder", type=Path, default=MEASUREMENTS)
     args = parser.parse_args(argv)
     evals = {}
     for item in args.eval:
@@ -240,15 +326,22 @@ def main(argv: list[str] | None = None) -> None:
         if not sep:
             parser.error(f"--eval wants DATASET=BENCH_DIR, got {item!r}")
         evals[dataset] = Path(folder)
-    entry = run_entry(
-        args.name,
-        args.role,
-        evals=evals,
-        train_dir=args.train,
-        control_gsm8k=args.control,
-        continues_from=args.continues_from,
-        data=args.data,
-    )
+    try:
+        if args.command == "keep":
+            for path in keep(args.name, evals, args.train, args.folder):
+                print(path)
+            return
+        entry = run_entry(
+            args.name,
+            args.role,
+            evals=evals,
+            train_dir=args.train,
+            control_gsm8k=args.control,
+            continues_from=args.continues_from,
+            data=args.data,
+        )
+    except (EvidenceError, OSError) as exc:
+        parser.exit(2, f"error: {exc}\n")
     add_run(entry, args.results)
     print(entry.model_dump_json())
 
