@@ -109,6 +109,26 @@ def parents() -> list[Path]:
     return found
 
 
+def dynmods_favoured(mounts: str | None = None) -> bool:
+    """Whether a cgroup hierarchy is mounted with ``favordynmods`` (``mounts`` as /proc/self/mounts reads).
+
+    Joining a cgroup takes the kernel's global threadgroup lock for writing, which waits out an RCU
+    grace period unless writes are frequent: 7-15 ms of a forked kernel's start on an otherwise idle
+    2-core VM, most of its wait.  The mount option keeps that lock in its writer-friendly mode for the
+    whole host (any hierarchy's option does it), at a small cost to every fork and exit; it is the
+    host operator's choice (sandbox/README.md), so this module only reports it."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return False
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[2] in ("cgroup", "cgroup2") and "favordynmods" in fields[3].split(","):
+            return True
+    return False
+
+
 def create(name: str, *, memory_bytes: int, pids_max: int) -> KernelCgroup | None:
     """Make memory and pids groups called ``name``; None (with a warning) where the host forbids it."""
     group = KernelCgroup()

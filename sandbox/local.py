@@ -163,6 +163,7 @@ class LocalLauncher:
             "unprivileged_uid": s.isolation == "bwrap" and self.privileged,
             "network": s.isolation == "none",
             "cgroups": s.cgroups and self.privileged,
+            "cgroup_favordynmods": s.cgroups and self.privileged and cgroup.dynmods_favoured(),
             "memory_mb": s.memory_mb,
             "address_space_mb": s.address_space_mb,
             "max_processes": s.max_processes,

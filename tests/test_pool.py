@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from benchmarks.procs import pids_of_uids
+from sandbox import cgroup
 from sandbox.errors import KernelStartError, PoolClosed, PoolFull
 from sandbox.launcher import KernelSpec
 from sandbox.local import LocalKernelProcess, LocalLauncher
@@ -177,3 +179,15 @@ async def test_a_dead_idle_kernel_is_never_leased() -> None:
             assert s.kernel is not idle
             r = await s.execute("6 * 7")
         assert r.status == ExecutionStatus.OK and r.outputs[0].text == "42"
+
+
+def test_the_launcher_reports_whether_cgroup_joins_are_fast() -> None:
+    """favordynmods on any cgroup hierarchy (a host-wide choice) is reported with the launcher's layers."""
+    v1 = "cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0\n"
+    v2_fast = "cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime,favordynmods 0 0\n"
+    other = "tmpfs /favordynmods tmpfs rw,favordynmods 0 0\n"  # not a cgroup mount
+    assert not cgroup.dynmods_favoured(v1) and not cgroup.dynmods_favoured(v1 + other)
+    assert cgroup.dynmods_favoured(v1 + v2_fast)
+    launcher = LocalLauncher(SandboxSettings(isolation="none"))
+    expected = launcher.privileged and cgroup.dynmods_favoured(Path("/proc/self/mounts").read_text())
+    assert launcher.describe()["cgroup_favordynmods"] is expected
