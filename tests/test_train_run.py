@@ -40,6 +40,7 @@ from runtime.backends.base import CompletionRequest
 from runtime.formats.mathcoder import SPECIAL_TOKENS
 from runtime.settings import RuntimeSettings
 from runtime.trace import CodeBlock, OutputBlock, TextBlock, Trace
+from training.encode import TrainDataError
 from training.settings import TrainSettings
 from training.trainer import TrainError, run_training
 
@@ -324,6 +325,31 @@ def test_lora_adapter_alone_loads_with_peft_also_with_added_tokens(tiny_dir: Pat
     assert model.get_input_embeddings().weight.shape[0] == 512 + len(SPECIAL_TOKENS)
     out = model.generate(input_ids=torch.tensor([[5, 6, 7]]), max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 6)
+
+
+@_PEFT_COMPAT
+def test_a_run_continues_another_runs_adapter(data: Path, tiny_dir: Path, tmp_path: Path) -> None:
+    """--init-adapter: run B starts from run A's LoRA weights (rank and targets from A), not from scratch."""
+    pytest.importorskip("peft")
+    common: dict[str, Any] = {"lora": True, "lora_merge": False, "eval_fraction": 0.0, "max_steps": 2}
+    first = run_training(_settings(data, tmp_path / "a", tiny_dir, lora_rank=4, **common))
+    a_dir = Path(first.model_dir)
+    # A learning rate too small to move float32 weights: B's saved adapter is what it started from.
+    second = run_training(
+        _settings(data, tmp_path / "b", tiny_dir, lr=1e-30, lora_rank=8, init_adapter=str(a_dir), **common)
+    )
+    a_weights = load_file(a_dir / "adapter_model.safetensors")
+    b_weights = load_file(Path(second.model_dir) / "adapter_model.safetensors")
+    assert a_weights.keys() == b_weights.keys() and any("lora_B" in k for k in a_weights)
+    for key in a_weights:
+        assert torch.allclose(a_weights[key].float(), b_weights[key].float()), key
+    assert json.loads((Path(second.model_dir) / "adapter_config.json").read_text())["r"] == 4
+    assert second.loss_curve[0][1] < first.loss_curve[0][1]  # it starts where A got to
+
+    with pytest.raises(ValueError, match="needs lora"):
+        _settings(data, tmp_path / "c", tiny_dir, init_adapter=str(a_dir))
+    with pytest.raises(TrainDataError, match=r"no adapter_config\.json"):
+        run_training(_settings(data, tmp_path / "d", tiny_dir, init_adapter=str(tmp_path), **common))
 
 
 def test_mathcoder_format_adds_its_tokens_and_the_model_reads_them(tiny_dir: Path, tmp_path: Path) -> None:

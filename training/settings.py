@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -69,6 +69,12 @@ class TrainSettings(BaseSettings):
     lora_rank: int = Field(default=16, ge=1, description="LoRA rank r.")
     lora_alpha: int = Field(default=32, ge=1, description="LoRA alpha (the update is scaled by alpha/r).")
     lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    init_adapter: str | None = Field(
+        default=None,
+        description="Start the LoRA weights from this adapter folder instead of from scratch (to continue "
+        "another run): a run folder's adapter, an exported one, or 'default' for the shipped adapter. "
+        "Its rank, alpha and target modules are used; needs --lora.",
+    )
     lora_merge: bool = Field(
         default=True,
         description="Save the LoRA run merged into full weights (loads everywhere); off: the adapter only.",
@@ -110,6 +116,12 @@ class TrainSettings(BaseSettings):
     )
     torch_compile: bool = Field(default=False, description="Compile the model with torch.compile (GPU).")
     num_workers: int = Field(default=0, ge=0, description="Data loader worker processes.")
+
+    @model_validator(mode="after")
+    def _init_adapter_needs_lora(self) -> TrainSettings:
+        if self.init_adapter is not None and not self.lora:
+            raise ValueError("init_adapter continues a LoRA adapter: it needs lora (--lora)")
+        return self
 
     @property
     def run_name(self) -> str:

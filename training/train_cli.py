@@ -57,6 +57,7 @@ def train(
     lora_rank: Annotated[int | None, typer.Option(help=_help("lora_rank"))] = None,
     lora_alpha: Annotated[int | None, typer.Option(help=_help("lora_alpha"))] = None,
     lora_dropout: Annotated[float | None, typer.Option(help=_help("lora_dropout"))] = None,
+    init_adapter: Annotated[str | None, typer.Option(help=_help("init_adapter"))] = None,
     lora_merge: Annotated[
         bool | None, typer.Option("--lora-merge/--no-lora-merge", help=_help("lora_merge"))
     ] = None,

@@ -208,6 +208,8 @@ def wrap_lora(model: Any, settings: TrainSettings, tokenizer: Any, added: Sequen
     """LoRA adapters on every linear layer; rows of tokens the format added are trained too."""
     from peft import LoraConfig, get_peft_model
 
+    if settings.init_adapter is not None:
+        return _continue_adapter(model, settings.init_adapter, added)
     new_ids = [int(tokenizer.convert_tokens_to_ids(t)) for t in added]
     config = LoraConfig(
         r=settings.lora_rank,
@@ -218,6 +220,31 @@ def wrap_lora(model: Any, settings: TrainSettings, tokenizer: Any, added: Sequen
         trainable_token_indices=new_ids or None,
     )
     return get_peft_model(model, config)
+
+
+def init_adapter_folder(choice: str) -> Path:
+    """The adapter folder ``--init-adapter`` names ("default": the one this package ships)."""
+    if choice == "default":
+        from runtime.adapter import packaged_adapters
+
+        shipped = packaged_adapters()
+        if not shipped:
+            raise TrainDataError("--init-adapter default: this package ships no adapter")
+        return shipped[0]
+    folder = Path(choice).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        raise TrainDataError(f"--init-adapter {choice}: no adapter_config.json there (a LoRA adapter folder)")
+    return folder
+
+
+def _continue_adapter(model: Any, choice: str, added: Sequence[str]) -> Any:
+    """The model with an existing LoRA adapter loaded as the trainable starting point."""
+    from peft import PeftModel
+
+    if added:  # the adapter's embedding rows for them would be missing or meaningless
+        raise TrainDataError("--init-adapter cannot be combined with a format that adds tokens")
+    # Loaded in float32 (peft upcasts a float16 export), so the optimizer works on full precision.
+    return PeftModel.from_pretrained(model, str(init_adapter_folder(choice)), is_trainable=True)
 
 
 # -- the trainer --------------------------------------------------------------------------------------
