@@ -32,6 +32,7 @@ from benchmarks.bench_io import print_table, write_results
 from runtime.cpu import cpu_supports_bf16
 from training.encode import encode_all, load_sft, resolve_format
 from training.packing import RowCollator, pack_rows
+from training.recipe import RECIPE
 from training.settings import TrainSettings
 from training.trainer import (
     load_model,
@@ -92,7 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-len", type=int, default=1024, help="Tokens per packed row.")
     parser.add_argument("--rounds", type=int, default=6, help="Steps per configuration (interleaved).")
     parser.add_argument("--warmup", type=int, default=1, help="Steps per configuration left out.")
-    parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--lora-rank", type=int, default=RECIPE["lora_rank"])
+    parser.add_argument(
+        "--lora-dropout", type=float, default=RECIPE["lora_dropout"], help="Default: the recipe's (none)."
+    )
     parser.add_argument("--configs", default=",".join(c.name for c in CONFIGS), help="Comma-separated.")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/train_throughput.json"))
     args = parser.parse_args(argv)
@@ -111,7 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     batches = [collate(rows[i : i + args.batch_size]) for i in range(0, needed, args.batch_size)]
 
     wanted = {name.strip() for name in args.configs.split(",")}
-    settings = TrainSettings(data=[args.data], out=Path("/dev/null"), lora_rank=args.lora_rank)
+    settings = TrainSettings(
+        data=[args.data], out=Path("/dev/null"), lora_rank=args.lora_rank, lora_dropout=args.lora_dropout
+    )
     runners: list[Runner] = []
     for config in (c for c in CONFIGS if c.name in wanted):
         model = load_model(source, tokenizer, attn_implementation=None)
@@ -151,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         "rounds": args.rounds,
         "warmup": args.warmup,
         "lora_rank": args.lora_rank,
+        "lora_dropout": args.lora_dropout,
         "threads": torch.get_num_threads(),
         "cpu_native_bf16": cpu_supports_bf16(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
