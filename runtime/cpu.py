@@ -2,7 +2,12 @@
 
 PyTorch runs bfloat16 on any x86 CPU, but only AVX512-BF16 and AMX compute it in hardware; elsewhere
 (AVX2 machines) it is emulated and slower than float32.  Training autocast (``training.trainer``)
-and the transformers backend's ``auto`` dtype both turn bf16 on only where it is native.
+turns bf16 on where it is native.  The transformers backend's ``auto`` dtype does too, except on
+AMX CPUs: there oneDNN's bf16 matmuls give a row results that depend on its place in the batch (seen
+on a Sapphire Rapids-class Xeon: two identical rows of one batch sampled different text with the
+same seed, and greedy rows changed with their batch-mates; the same tests pass with oneDNN held to
+AVX512-BF16, ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16``, and in float32).  A served row must not depend
+on who else is being served, so ``auto`` stays float32 there; ``MATHCODER_DTYPE=bfloat16`` opts in.
 """
 
 from __future__ import annotations
@@ -13,11 +18,28 @@ from pathlib import Path
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+AMX_FLAGS = ("amx_bf16", "amx_int8", "amx_tile")
+
+
 @cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    return frozenset(text.split())
+
+
 def cpu_supports_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in NATIVE_BF16_FLAGS)
+    return any(flag in _cpu_flags() for flag in NATIVE_BF16_FLAGS)
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (oneDNN then runs bf16 matmuls on them; see the docstring)."""
+    return any(flag in _cpu_flags() for flag in AMX_FLAGS)
+
+
+def batch_invariant_bf16() -> bool:
+    """Whether bf16 inference here is both native and independent of a row's batch-mates."""
+    return cpu_supports_bf16() and not cpu_has_amx()

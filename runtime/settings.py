@@ -44,7 +44,7 @@ class RuntimeSettings(BaseSettings):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",
-        description="Weights' dtype for local models (MATHCODER_DTYPE); auto: bfloat16 on GPU and on CPUs with native bf16 (AVX512-BF16, AMX), else float32.",
+        description="Weights' dtype for local models (MATHCODER_DTYPE); auto: bfloat16 on GPU and on CPUs with native bf16 (AVX512-BF16) that keep a row independent of its batch, float32 elsewhere (AVX2; AMX CPUs, see runtime/cpu.py).",
     )
     max_batch_size: int = Field(
         default=64,

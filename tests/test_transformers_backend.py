@@ -23,6 +23,8 @@ from runtime.settings import RuntimeSettings
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+import torch
+
 from runtime.backends.transformers_backend import TransformersBackend
 
 slow = pytest.mark.slow
@@ -274,3 +276,21 @@ async def test_cancelled_caller_and_close(backend: TransformersBackend) -> None:
         await pending
     with pytest.raises(BackendError, match="closed"):
         await backend.complete(request)
+
+
+def test_auto_dtype_is_bf16_only_where_rows_stay_independent_of_their_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """AVX512-BF16: bf16; AVX2 (emulated) and AMX (batch-dependent rows): float32; a GPU: bf16."""
+    from runtime import cpu
+    from runtime.backends.transformers_backend import _resolve_dtype
+
+    for flags, expected in [
+        ({"avx2", "avx512f", "avx512_bf16"}, torch.bfloat16),
+        ({"avx2"}, torch.float32),
+        ({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}, torch.float32),
+    ]:
+        monkeypatch.setattr(cpu, "_cpu_flags", lambda flags=flags: frozenset(flags))
+        assert _resolve_dtype("auto", torch.device("cpu")) == expected, flags
+    assert _resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert _resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16  # an explicit choice stands

@@ -69,7 +69,7 @@ from transformers import (
 from runtime.adapter import AdapterError, check_base, read_card, resolve_adapter
 from runtime.backends.base import BackendError, Completion, CompletionRequest, FinishReason, SamplingParams
 from runtime.backends.stops import StreamedText
-from runtime.cpu import cpu_supports_bf16
+from runtime.cpu import batch_invariant_bf16
 from runtime.model_store import ModelFetchError, default_model_path, ensure_hf_model
 from runtime.settings import RuntimeSettings
 
@@ -568,7 +568,7 @@ def _resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtyp
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
-        native = device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())
+        native = device.type == "cuda" or (device.type == "cpu" and batch_invariant_bf16())
         return torch.bfloat16 if native else torch.float32
     value = getattr(torch, dtype, None)
     if not isinstance(value, torch.dtype):
