@@ -18,6 +18,7 @@ from training.results import (
     ExperimentResults,
     add_run,
     keep,
+    load_outcomes,
     load_results,
     main,
     run_entry,
@@ -162,6 +163,15 @@ def test_kept_evidence_gives_the_entry_the_run_folders_give(tmp_path: Path) -> N
     assert from_kept.tool_use == from_folders.tool_use and from_kept.stop_reasons == from_folders.stop_reasons
     assert from_kept.mcnemar_vs_control == from_folders.mcnemar_vs_control
     assert from_kept.mcnemar_vs_control is not None and from_kept.mcnemar_vs_control.wins == 2
+
+    # A problem lost to the infrastructure is not graded: neither path pairs it.
+    records = (code / "records.jsonl").read_text().splitlines()
+    lost = ProblemRecord.model_validate_json(records[0])
+    lost.samples[0].error = "kernel lost"
+    (code / "records.jsonl").write_text("\n".join([lost.model_dump_json(), *records[1:]]) + "\n")
+    keep("calc", {"gsm8k": code}, None, kept)
+    assert "gsm8k-test-0" not in load_outcomes(kept / "gsm8k-calc-report.json")
+    assert load_outcomes(kept / "gsm8k-calc-report.json") == load_outcomes(code)
 
 
 def test_a_control_without_kept_outcomes_is_a_clear_error(

@@ -153,11 +153,12 @@ def keep(
     for dataset, bench_dir in evals.items():
         report = build_report(bench_dir)
         _, records = load_run(bench_dir)
-        base = folder / f"{dataset}-{name}"
-        report_path = base.with_name(base.name + REPORT_SUFFIX)
+        report_path = folder / f"{dataset}-{name}{REPORT_SUFFIX}"
         report_path.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
         rows = []
         for r in records:
+            if r.infrastructure_failure:  # not graded: left out, as load_outcomes leaves it out of a folder
+                continue
             trace = r.samples[0].trace if len(r.samples) == 1 else None
             rows.append(
                 {
@@ -168,7 +169,7 @@ def keep(
                     "stop_reason": trace.metadata.stop_reason if trace else None,
                 }
             )
-        outcomes_path = base.with_name(base.name + OUTCOMES_SUFFIX)
+        outcomes_path = folder / f"{dataset}-{name}{OUTCOMES_SUFFIX}"
         outcomes_path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
         written += [report_path, outcomes_path]
     if train_dir is not None:
