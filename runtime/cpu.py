@@ -8,10 +8,18 @@ on a Sapphire Rapids-class Xeon: two identical rows of one batch sampled differe
 same seed, and greedy rows changed with their batch-mates; the same tests pass with oneDNN held to
 AVX512-BF16, ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16``, and in float32).  A served row must not depend
 on who else is being served, so ``auto`` stays float32 there; ``MATHCODER_DTYPE=bfloat16`` opts in.
+
+It also owns one allocator setting: training allocates and frees the same large tensors (activations,
+logits over a 49k vocabulary) every step, and with 4 kB pages the kernel faults them in afresh each
+time (a third of a LoRA step's CPU was system time on the AMX machine).  PyTorch can back its large
+CPU allocations with transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``), but reads the variable once,
+at its first allocation, so it must be in the environment before torch is imported.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -43,3 +51,31 @@ def cpu_has_amx() -> bool:
 def batch_invariant_bf16() -> bool:
     """Whether bf16 inference here is both native and independent of a row's batch-mates."""
     return cpu_supports_bf16() and not cpu_has_amx()
+
+
+THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def transparent_huge_pages() -> str:
+    """The kernel's transparent huge page mode (always, madvise or never; "unknown" if unreadable)."""
+    try:
+        text = THP_SETTING.read_text(encoding="ascii")
+    except OSError:
+        return "unknown"
+    chosen = [word.strip("[]") for word in text.split() if word.startswith("[")]
+    return chosen[0] if chosen else "unknown"
+
+
+def prefer_huge_page_allocations() -> bool:
+    """Ask PyTorch to back its large CPU tensors with transparent huge pages (see the docstring).
+
+    Sets ``THP_MEM_ALLOC_ENABLE=1`` unless the environment already decides; returns whether the
+    setting is on and can still take effect (torch not yet imported, and huge pages not ``never``).
+    Measured on a 2-core AVX512-BF16 EPYC, the recipe's LoRA bf16 step: 165-172 -> 188 tok/s.
+    """
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    return (
+        os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+        and "torch" not in sys.modules
+        and transparent_huge_pages() in ("always", "madvise")
+    )

@@ -12,6 +12,10 @@ bf16 rows run where the CPU lacks native bf16 too (PyTorch then emulates it), so
 what ``--bf16`` would cost here; ``mathcoder train`` turns it on by default only where it is native
 (``runtime.cpu.cpu_supports_bf16``).
 
+``mathcoder train`` backs large tensors with huge pages (``runtime.cpu.prefer_huge_page_allocations``);
+this module imports torch before it could, so run it as ``THP_MEM_ALLOC_ENABLE=1 python -m
+training.throughput_bench ...`` to measure what the trainer gets (the JSON records the setting).
+
 Written here rather than under ``benchmarks/`` because it uses the training layer, which sits above
 the benchmarks in the package order.  Prints a table and a one-line JSON summary; writes JSON.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -29,7 +34,7 @@ from typing import Any
 import torch
 
 from benchmarks.bench_io import print_table, write_results
-from runtime.cpu import cpu_supports_bf16
+from runtime.cpu import cpu_supports_bf16, transparent_huge_pages
 from training.encode import encode_all, load_sft, resolve_format
 from training.packing import RowCollator, pack_rows
 from training.recipe import RECIPE
@@ -161,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(),
         "cpu_native_bf16": cpu_supports_bf16(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+        "transparent_huge_pages": transparent_huge_pages(),
     }
     summary = {name: r["tokens_per_s"] for name, r in results.items()}
     write_results(args.out, "train_throughput", {"settings": settings_out, "configs": results}, summary)

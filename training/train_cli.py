@@ -22,6 +22,7 @@ import typer
 from pydantic import ValidationError
 from pydantic_core import PydanticUndefined
 
+from runtime.cpu import prefer_huge_page_allocations
 from training.settings import TrainSettings
 
 
@@ -94,6 +95,7 @@ def train(
         )
         typer.echo(f"error: {problems}", err=True)
         raise typer.Exit(2) from None
+    prefer_huge_page_allocations()  # before torch is imported: PyTorch reads it once
     from training.encode import TrainDataError
     from training.trainer import TrainError
 
