@@ -52,6 +52,9 @@ class Config:
     name: str
     lora: bool
     bf16: bool
+    frozen_bf16: bool = (
+        False  # LoRA's frozen base weights stored in bf16 (autocast re-casts them each step otherwise)
+    )
 
 
 CONFIGS = [
@@ -59,6 +62,7 @@ CONFIGS = [
     Config("full bf16", lora=False, bf16=True),
     Config("lora fp32", lora=True, bf16=False),
     Config("lora bf16", lora=True, bf16=True),
+    Config("lora bf16 frozen-bf16", lora=True, bf16=True, frozen_bf16=True),
 ]
 
 
@@ -102,7 +106,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--lora-dropout", type=float, default=RECIPE["lora_dropout"], help="Default: the recipe's (none)."
     )
-    parser.add_argument("--configs", default=",".join(c.name for c in CONFIGS), help="Comma-separated.")
+    parser.add_argument(
+        "--configs",
+        default=",".join(c.name for c in CONFIGS if not c.frozen_bf16),
+        help=f"Comma-separated, of: {', '.join(c.name for c in CONFIGS)}.",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench/train_throughput.json"))
     args = parser.parse_args(argv)
 
@@ -126,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     runners: list[Runner] = []
     for config in (c for c in CONFIGS if c.name in wanted):
         model = load_model(source, tokenizer, attn_implementation=None)
+        if config.frozen_bf16:
+            model = model.to(torch.bfloat16)  # peft keeps the adapters it adds in float32
         if config.lora:
             model = wrap_lora(model, settings, tokenizer, added)
         model.train()
