@@ -393,3 +393,44 @@ def test_cli_trains_and_prints_a_json_summary(data: Path, tiny_dir: Path, tmp_pa
     assert summary["steps"] == 2 and summary["model_dir"] == str(out / "model")
     saved = read_results(out)
     assert saved["packing"] is False and saved["final_eval_loss"] is not None
+
+
+@_PEFT_COMPAT
+def test_lora_in_bf16_autocast_skips_peft_input_casts_for_the_same_numbers(tiny_dir: Path) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from training.trainer import load_model, load_tokenizer, wrap_lora
+
+    settings = TrainSettings(data=[Path("unused.jsonl")], out=Path("unused"), lora=True, lora_rank=4)
+    tokenizer, added = load_tokenizer(str(tiny_dir), "markdown")
+    torch.manual_seed(0)
+    ours = wrap_lora(
+        load_model(str(tiny_dir), tokenizer, attn_implementation=None), settings, tokenizer, added
+    )
+    layers = [m for m in ours.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers and not any(m.cast_input_dtype_enabled for m in layers)
+
+    torch.manual_seed(0)
+    casting = wrap_lora(
+        load_model(str(tiny_dir), tokenizer, attn_implementation=None), settings, tokenizer, added
+    )
+    for module in casting.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = True  # peft's default
+    for model in (ours, casting):  # LoRA B starts at zero: give the adapters something to contribute
+        torch.manual_seed(1)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.data.normal_(0, 0.02)
+
+    ids = torch.randint(0, tokenizer.vocab_size, (2, 48))
+    losses, grads = [], []
+    for model in (ours, casting):
+        model.eval()  # the tiny model's attention dropout would draw different masks
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert losses[0] == losses[1]
+    assert torch.equal(grads[0], grads[1])

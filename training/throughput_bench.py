@@ -52,9 +52,10 @@ class Config:
     name: str
     lora: bool
     bf16: bool
-    frozen_bf16: bool = (
-        False  # LoRA's frozen base weights stored in bf16 (autocast re-casts them each step otherwise)
-    )
+    # LoRA's frozen base weights stored in bf16 (autocast re-casts them each step otherwise)
+    frozen_bf16: bool = False
+    # peft's own cast of each adapted layer's input to float32 (the trainer turns it off)
+    peft_input_cast: bool = False
 
 
 CONFIGS = [
@@ -63,7 +64,9 @@ CONFIGS = [
     Config("lora fp32", lora=True, bf16=False),
     Config("lora bf16", lora=True, bf16=True),
     Config("lora bf16 frozen-bf16", lora=True, bf16=True, frozen_bf16=True),
+    Config("lora bf16 peft-cast", lora=True, bf16=True, peft_input_cast=True),
 ]
+EXTRA = ("lora bf16 frozen-bf16", "lora bf16 peft-cast")  # candidates measured on request only
 
 
 @dataclass
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--configs",
-        default=",".join(c.name for c in CONFIGS if not c.frozen_bf16),
+        default=",".join(c.name for c in CONFIGS if c.name not in EXTRA),
         help=f"Comma-separated, of: {', '.join(c.name for c in CONFIGS)}.",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/bench/train_throughput.json"))
@@ -138,6 +141,12 @@ def main(argv: list[str] | None = None) -> None:
             model = model.to(torch.bfloat16)  # peft keeps the adapters it adds in float32
         if config.lora:
             model = wrap_lora(model, settings, tokenizer, added)
+        if config.peft_input_cast:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            for module in model.modules():
+                if isinstance(module, BaseTunerLayer):
+                    module.cast_input_dtype_enabled = True
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         runners.append(Runner(config, model, torch.optim.AdamW(params, lr=1e-5), [], []))
