@@ -399,7 +399,7 @@ def test_cli_trains_and_prints_a_json_summary(data: Path, tiny_dir: Path, tmp_pa
 def test_lora_in_bf16_autocast_skips_peft_input_casts_for_the_same_numbers(tiny_dir: Path) -> None:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from training.trainer import load_model, load_tokenizer, wrap_lora
+    from training.trainer import load_model, load_tokenizer, peft_input_casts, wrap_lora
 
     settings = TrainSettings(data=[Path("unused.jsonl")], out=Path("unused"), lora=True, lora_rank=4)
     tokenizer, added = load_tokenizer(str(tiny_dir), "markdown")
@@ -414,9 +414,7 @@ def test_lora_in_bf16_autocast_skips_peft_input_casts_for_the_same_numbers(tiny_
     casting = wrap_lora(
         load_model(str(tiny_dir), tokenizer, attn_implementation=None), settings, tokenizer, added
     )
-    for module in casting.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = True  # peft's default
+    peft_input_casts(casting, on=True)  # peft's default
     for model in (ours, casting):  # LoRA B starts at zero: give the adapters something to contribute
         torch.manual_seed(1)
         for name, param in model.named_parameters():

@@ -42,6 +42,7 @@ from training.settings import TrainSettings
 from training.trainer import (
     load_model,
     load_tokenizer,
+    peft_input_casts,
     resolve_model_source,
     wrap_lora,
 )
@@ -142,11 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         if config.lora:
             model = wrap_lora(model, settings, tokenizer, added)
         if config.peft_input_cast:
-            from peft.tuners.tuners_utils import BaseTunerLayer
-
-            for module in model.modules():
-                if isinstance(module, BaseTunerLayer):
-                    module.cast_input_dtype_enabled = True
+            peft_input_casts(model, on=True)
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         runners.append(Runner(config, model, torch.optim.AdamW(params, lr=1e-5), [], []))

@@ -210,7 +210,7 @@ def wrap_lora(model: Any, settings: TrainSettings, tokenizer: Any, added: Sequen
     from peft import LoraConfig, get_peft_model
 
     if settings.init_adapter is not None:
-        return without_input_casts(_continue_adapter(model, settings.init_adapter, added))
+        return peft_input_casts(_continue_adapter(model, settings.init_adapter, added), on=False)
     new_ids = [int(tokenizer.convert_tokens_to_ids(t)) for t in added]
     config = LoraConfig(
         r=settings.lora_rank,
@@ -220,11 +220,11 @@ def wrap_lora(model: Any, settings: TrainSettings, tokenizer: Any, added: Sequen
         task_type="CAUSAL_LM",
         trainable_token_indices=new_ids or None,
     )
-    return without_input_casts(get_peft_model(model, config))
+    return peft_input_casts(get_peft_model(model, config), on=False)
 
 
-def without_input_casts(model: Any) -> Any:
-    """Stop peft casting each adapted layer's input to the adapter's float32 before its matmuls.
+def peft_input_casts(model: Any, *, on: bool) -> Any:
+    """Turn peft's cast of each adapted layer's input to the adapter's dtype on or off; training: off.
 
     The master weights (adapters included) are float32 and bf16 is autocast: autocast casts that
     input straight back to bf16 for the adapter's matmul, so peft's cast is a copy of every adapted
@@ -235,7 +235,7 @@ def without_input_casts(model: Any) -> Any:
 
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = False
+            module.cast_input_dtype_enabled = on
     return model
 
 
