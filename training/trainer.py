@@ -235,7 +235,8 @@ def peft_input_casts(model: Any, *, on: bool) -> Any:
 
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = on
+            # peft reads it with getattr (default on): a flag, not a declared attribute.
+            setattr(module, "cast_input_dtype_enabled", on)  # noqa: B010
     return model
 
 
