@@ -194,6 +194,7 @@ def test_a_control_without_kept_outcomes_is_a_clear_error(
 
 def test_plots_are_drawn_from_the_committed_results_and_kept_reports(tmp_path: Path) -> None:
     from training.results_plots import ACCURACY_PNG, CELLS_PNG, accuracy_by_cells
+    from training.results_plots import main as plot_main
 
     results = load_results(RESULTS_PATH)
     curves = accuracy_by_cells(results)
@@ -202,7 +203,7 @@ def test_plots_are_drawn_from_the_committed_results_and_kept_reports(tmp_path: P
             assert sum(rate.total for rate in curves[run.name].values()) == run.eval["gsm8k"].n
             assert sum(rate.count for rate in curves[run.name].values()) == run.eval["gsm8k"].correct
     assert any(max(curve) > 0 for curve in curves.values()), "no run that wrote code is plotted"
-    main(["plot", "--out", str(tmp_path)])
+    plot_main(["--out", str(tmp_path)])
     for name in (ACCURACY_PNG, CELLS_PNG):
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
 
@@ -210,7 +211,9 @@ def test_plots_are_drawn_from_the_committed_results_and_kept_reports(tmp_path: P
 def test_plot_without_a_results_file_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from training.results_plots import main as plot_main
+
     with pytest.raises(SystemExit) as exit_info:
-        main(["plot", "--results", str(tmp_path / "missing.json"), "--out", str(tmp_path)])
+        plot_main(["--results", str(tmp_path / "missing.json"), "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "missing.json" in capsys.readouterr().err

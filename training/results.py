@@ -7,8 +7,7 @@ schema; a test validates the committed file against it.  ``run_entry`` builds an
 folders the pipeline already writes: ``train_results.json`` of ``mathcoder train`` and the run
 folders of ``mathcoder bench`` (read through ``benchmarks.summary``), so no number is typed by hand.
 
-``python -m training.results plot`` draws ``docs/results-accuracy.png`` and ``docs/results-cells.png``
-(``training.results_plots``).
+``python -m training.results_plots`` draws ``docs/results-accuracy.png`` and ``docs/results-cells.png``.
 
 ``python -m training.results add NAME --role code --train runs/train/calc --eval gsm8k=runs/bench/calc
 --control runs/bench/text`` adds (or replaces) one entry in ``docs/results.json``.
@@ -300,7 +299,9 @@ def add_run(entry: RunResult, path: Path = RESULTS_PATH) -> ExperimentResults:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="The experiment's results file: add, keep, plot.")
+    parser = argparse.ArgumentParser(
+        description="The experiment's results file: add an entry, keep a run's evidence."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     add = sub.add_parser("add", help="Add (or replace) one run's entry.")
     add.add_argument("name")
@@ -323,21 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     kept.add_argument("--eval", action="append", default=[], metavar="DATASET=BENCH_DIR")
     kept.add_argument("--train", type=Path, default=None, help="The mathcoder train run folder.")
     kept.add_argument("--folder", type=Path, default=MEASUREMENTS)
-    plot = sub.add_parser("plot", help="Draw accuracy per run and accuracy vs cells (PNG) from the results.")
-    plot.add_argument("--results", type=Path, default=RESULTS_PATH)
-    plot.add_argument("--folder", type=Path, default=MEASUREMENTS, help="Where the kept reports are.")
-    plot.add_argument("--out", type=Path, default=RESULTS_PATH.parent, help="Where the PNGs go.")
     args = parser.parse_args(argv)
-    if args.command == "plot":
-        from training.results_plots import write_plots  # it imports this module
-
-        try:
-            written = write_plots(load_results(args.results), args.out, args.folder)
-        except (EvidenceError, OSError) as exc:
-            parser.exit(2, f"error: {exc}\n")
-        for path in written:
-            print(path)
-        return
     evals = {}
     for item in args.eval:
         dataset, sep, folder = item.partition("=")

@@ -1,6 +1,6 @@
 """The experiment's two plots, drawn from ``docs/results.json`` and the kept bench reports.
 
-``python -m training.results plot`` writes them next to the results file:
+``python -m training.results_plots`` writes them next to the results file:
 
 - ``results-accuracy.png``: accuracy per run on each evaluation set, with the 95% Wilson interval
   the entry holds (a difference inside overlapping intervals is not a finding);
@@ -15,10 +15,20 @@ No number is typed here: both plots read only what ``training.results`` validate
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from benchmarks.summary import Rate
-from training.results import MEASUREMENTS, REPORT_SUFFIX, ExperimentResults, RunResult, load_report
+from training.results import (
+    MEASUREMENTS,
+    REPORT_SUFFIX,
+    RESULTS_PATH,
+    EvidenceError,
+    ExperimentResults,
+    RunResult,
+    load_report,
+    load_results,
+)
 
 ACCURACY_PNG, CELLS_PNG = "results-accuracy.png", "results-cells.png"
 DATASETS = ("gsm8k", "asdiv", "mawps")
@@ -102,3 +112,21 @@ def write_plots(results: ExperimentResults, out: Path, folder: Path = MEASUREMEN
     plot_accuracy(results, out / ACCURACY_PNG)
     plot_cells(accuracy_by_cells(results, folder), out / CELLS_PNG)
     return [out / ACCURACY_PNG, out / CELLS_PNG]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Draw the experiment's plots (PNG) from docs/results.json.")
+    parser.add_argument("--results", type=Path, default=RESULTS_PATH)
+    parser.add_argument("--folder", type=Path, default=MEASUREMENTS, help="Where the kept reports are.")
+    parser.add_argument("--out", type=Path, default=RESULTS_PATH.parent, help="Where the PNGs go.")
+    args = parser.parse_args(argv)
+    try:
+        written = write_plots(load_results(args.results), args.out, args.folder)
+    except (EvidenceError, OSError) as exc:
+        parser.exit(2, f"error: {exc}\n")
+    for path in written:
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
