@@ -66,6 +66,14 @@ def transparent_huge_pages() -> str:
     return chosen[0] if chosen else "unknown"
 
 
+def huge_page_state() -> dict[str, str | None]:
+    """What a measurement records about huge pages: PyTorch's setting and the kernel's mode."""
+    return {
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+        "kernel": transparent_huge_pages(),
+    }
+
+
 def prefer_huge_page_allocations() -> bool:
     """Ask PyTorch to back its large CPU tensors with transparent huge pages (see the docstring).
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from benchmarks.summary import Rate
 from training.results import (
@@ -33,6 +34,22 @@ from training.results import (
 ACCURACY_PNG, CELLS_PNG = "results-accuracy.png", "results-cells.png"
 DATASETS = ("gsm8k", "asdiv", "mawps")
 ROLE_ORDER = {"base": 0, "control": 1, "code": 2}
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, ax: Any, path: Path) -> None:
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
 
 
 def in_order(results: ExperimentResults) -> list[RunResult]:
@@ -52,11 +69,7 @@ def accuracy_by_cells(results: ExperimentResults, folder: Path = MEASUREMENTS) -
 
 
 def plot_accuracy(results: ExperimentResults, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     runs = in_order(results)
     datasets = [d for d in DATASETS if any(d in run.eval for run in runs)]
     width = 0.8 / max(1, len(datasets))
@@ -77,18 +90,11 @@ def plot_accuracy(results: ExperimentResults, path: Path) -> None:
     ax.set_xticks(range(len(runs)), [f"{run.name}\n({run.role})" for run in runs])
     ax.set_ylabel("accuracy (%), 95% interval")
     ax.set_title("Accuracy per run (greedy)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, ax, path)
 
 
 def plot_cells(curves: dict[str, dict[int, Rate]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
     largest = max((r.total for curve in curves.values() for r in curve.values()), default=1)
     for name, curve in curves.items():
@@ -100,10 +106,7 @@ def plot_cells(curves: dict[str, dict[int, Rate]], path: Path) -> None:
     ax.set_xlabel("cells the trajectory ran (the loop's limit is the last point)")
     ax.set_ylabel("GSM8K accuracy (%)")
     ax.set_title("Accuracy vs cells (point area: trajectories)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, ax, path)
 
 
 def write_plots(results: ExperimentResults, out: Path, folder: Path = MEASUREMENTS) -> list[Path]:

@@ -28,7 +28,6 @@ so packed and padded runs report comparable numbers (the stock loop averages per
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import time
@@ -49,7 +48,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint as _get_last_checkpoint
 
-from runtime.cpu import cpu_supports_bf16, transparent_huge_pages
+from runtime.cpu import cpu_supports_bf16, huge_page_state
 from training.encode import (
     IGNORE_INDEX,
     Encoded,
@@ -210,17 +209,19 @@ def wrap_lora(model: Any, settings: TrainSettings, tokenizer: Any, added: Sequen
     from peft import LoraConfig, get_peft_model
 
     if settings.init_adapter is not None:
-        return peft_input_casts(_continue_adapter(model, settings.init_adapter, added), on=False)
-    new_ids = [int(tokenizer.convert_tokens_to_ids(t)) for t in added]
-    config = LoraConfig(
-        r=settings.lora_rank,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-        trainable_token_indices=new_ids or None,
-    )
-    return peft_input_casts(get_peft_model(model, config), on=False)
+        wrapped = _continue_adapter(model, settings.init_adapter, added)
+    else:
+        new_ids = [int(tokenizer.convert_tokens_to_ids(t)) for t in added]
+        config = LoraConfig(
+            r=settings.lora_rank,
+            lora_alpha=settings.lora_alpha,
+            lora_dropout=settings.lora_dropout,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+            trainable_token_indices=new_ids or None,
+        )
+        wrapped = get_peft_model(model, config)
+    return peft_input_casts(wrapped, on=False)
 
 
 def peft_input_casts(model: Any, *, on: bool) -> Any:
@@ -444,10 +445,7 @@ def _environment() -> dict[str, Any]:
     env = environment()
     env.update({"torch": torch.__version__, "transformers": transformers.__version__})
     # Whether large tensors sat on huge pages (runtime.cpu.prefer_huge_page_allocations): ~1.1x here.
-    env["huge_pages"] = {
-        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
-        "kernel": transparent_huge_pages(),
-    }
+    env["huge_pages"] = huge_page_state()
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     return env
