@@ -17,6 +17,11 @@ Definitions (each field's description repeats the one it uses):
 * **answer from code output**: the sample's final answer (stripped of spaces and ``$``) occurs in the
   text of an output block of the same trace as a whole token — not inside a longer number or word;
   ``10`` matches ``10`` and ``10.0`` but not ``110`` or ``3.10``.  The share is over samples with an answer.
+* **reference in an output**: the same test with the problem's reference answer, over all trajectories,
+  answered or not: the accuracy a perfect choice among the values the code printed would reach -- a
+  model that computes the answer and then talks past it scores here and not in the accuracy.
+* **repeated cell**: a trajectory ran a cell whose code (stripped) equals an earlier cell's: a greedy
+  model that loops; such a cell prints what it printed before.
 * **tokens** are per problem, summed over its samples; **time** is ``ProblemRecord.wall_time_s``.
 * **throughput**: records carry durations, not timestamps, so the run's wall span is estimated as
   ``sum(wall_time_s) / min(concurrency, problems)`` (the concurrency slots kept full).  A resumed
@@ -119,6 +124,13 @@ class ToolUse(BaseModel):
     answer_from_output: Rate = Field(
         description="Answers found as a token in an output block of their trace."
     )
+    # None in reports written before these two were computed (kept reports are read back).
+    reference_in_output: Rate | None = Field(
+        None, description="Trajectories with the reference answer as a token in an output block."
+    )
+    repeated_cell: Rate | None = Field(
+        None, description="Trajectories that ran a cell whose code repeats an earlier cell of theirs."
+    )
 
 
 class Throughput(BaseModel):
@@ -201,8 +213,20 @@ def _meta_str(record: ProblemRecord, *names: str) -> str | None:
     return None
 
 
-def _tool_use(samples: list[SampleRecord]) -> ToolUse:
-    traced = [(s, s.trace) for s in samples if s.trace is not None]
+def _repeats_a_cell(trace: Trace) -> bool:
+    seen: set[str] = set()
+    for cell in trace.code_cells:
+        code = cell.code.strip()
+        if code in seen:
+            return True
+        seen.add(code)
+    return False
+
+
+def _tool_use(samples: list[tuple[SampleRecord, str]]) -> ToolUse:
+    """Tool-use figures of ``samples``, each with its problem's reference answer."""
+    traced = [(s, s.trace) for s, _ in samples if s.trace is not None]
+    references = [(ref, s.trace) for s, ref in samples if s.trace is not None]
     counts = [_cell_count(t) for _, t in traced]
     statuses = Counter(status for _, t in traced for status in _cell_statuses(t))
     cells_total = sum(statuses.values())
@@ -224,6 +248,8 @@ def _tool_use(samples: list[SampleRecord]) -> ToolUse:
             str(s): statuses.get(str(s), 0) / cells_total if cells_total else 0.0 for s in ExecutionStatus
         },
         answer_from_output=_rate(sum(answer_in_output(a, t) for a, t in answered), len(answered)),
+        reference_in_output=_rate(sum(answer_in_output(r, t) for r, t in references), len(references)),
+        repeated_cell=_rate(sum(_repeats_a_cell(t) for _, t in traced), len(traced)),
     )
 
 
@@ -262,7 +288,7 @@ def build_report(run_dir: str | Path) -> Report:
         else None,
         by_level=_by_key(records, lambda r: _meta_str(r, "level")),
         by_subject=_by_key(records, lambda r: _meta_str(r, "type", "subject")),
-        tool_use=_tool_use(samples),
+        tool_use=_tool_use([(s, r.reference) for r in records for s in r.samples]),
         prompt_tokens=_stats(prompt),
         prefill_tokens=_stats(prefill),
         prefill_tokens_per_round=sum(prefill) / rounds if rounds else 0.0,
@@ -365,6 +391,16 @@ def render_markdown(report: Report) -> str:
         "",
         f"Cells per trajectory: mean {s.mean:.2f}, p50 {s.p50:g}, p90 {s.p90:g}; {tool.cells_total} cells in all.",
         f"Answers found in a code output of their trace: {_pct(tool.answer_from_output)}.",
+        *(
+            [f"Trajectories with the reference answer in a code output: {_pct(tool.reference_in_output)}."]
+            if tool.reference_in_output
+            else []
+        ),
+        *(
+            [f"Trajectories that repeat a cell verbatim: {_pct(tool.repeated_cell)}."]
+            if tool.repeated_cell
+            else []
+        ),
         "",
         *_table(
             ("cell status", "cells", "rate"),

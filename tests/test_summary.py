@@ -67,10 +67,11 @@ def math_records(k: int) -> list[ProblemRecord]:
             # odd i: one sample in three wrong; even i: only sample 0 may be right (voting loses it)
             right = (i + s) % 3 != 0 if i % 2 else (s == 0 and i % 3 != 0)
             answer = ref if right else str(i + 1000)
+            # Cell 0 prints the answer (not for sample 1), cell 2 the reference; cell 3 repeats cell 1.
             cells = [
                 (
-                    f"print({answer})" if c == 0 else f"x{c} = {c}",
-                    answer if c == 0 and s != 1 else "",
+                    f"print({answer})" if c == 0 else f"x{c % 2} = {c % 2}",
+                    answer if c == 0 and s != 1 else (ref if c == 2 else ""),
                     STATUSES[(i + c + s) % 8],
                 )
                 for c in range((i + s) % 5)
@@ -146,6 +147,18 @@ def test_report_numbers_match_an_independent_count(tmp_path: Path, k: int) -> No
     assert report.tool_use.cells_total == len(statuses)
     for status in ("error", "timeout", "killed", "crashed", "ok"):
         assert report.tool_use.status_rates[status] == pytest.approx(statuses.count(status) / len(statuses))
+
+    def printed(ref: str, trace: dict[str, Any]) -> bool:
+        return any(ref in b["output"].split() for b in trace["blocks"] if b["kind"] == "output")
+
+    references = [(r["reference"], s["trace"]) for r in rows for s in r["samples"] if s["trace"]]
+    in_output = report.tool_use.reference_in_output
+    assert in_output is not None and in_output.total == len(traced)
+    assert in_output.count == sum(printed(ref, t) for ref, t in references)
+    assert in_output.count > sum(s["correct"] for s in samples)  # cell 2 prints it for wrong ones too
+    codes = [[b["code"] for b in t["blocks"] if b["kind"] == "code"] for t in traced]
+    assert report.tool_use.repeated_cell is not None
+    assert report.tool_use.repeated_cell.count == sum(len(set(c)) < len(c) for c in codes) > 0
 
     assert report.sample_errors == sum(s["error"] is not None for r in everything for s in r["samples"]) == 1
     assert "no trace" not in report.stop_reasons  # the failed sample's problem is not graded
