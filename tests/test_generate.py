@@ -20,8 +20,10 @@ import pytest
 import pytest_asyncio
 
 from benchmarks.records import Problem
+from runtime.adapter import model_preset
 from runtime.formats import get_format
 from runtime.prompts import get_preset
+from runtime.settings import RuntimeSettings
 from runtime.trace import CodeBlock, OutputBlock, TextBlock, Trace
 from sandbox.pool import KernelPool
 from sandbox.settings import SandboxSettings
@@ -255,7 +257,11 @@ def test_teacher_keeps_correct_distinct_traces_and_self_train_merges_with_proven
     assert (
         kept.id == "p1/teacher/0" and kept.answer == "42" and kept.trace.code_cells[0].code == "print(6 * 7)"
     )
-    assert kept.provenance["teacher"] == {"backend": "scripted", "model": None}
+    # Without --adapter/--preset, as `mathcoder bench`: the environment's adapter and the preset it implies.
+    config = json.loads((out / "config.json").read_text())
+    assert config["adapter"] == (os.environ.get("MATHCODER_ADAPTER") or "default")
+    assert config["preset"] == model_preset(RuntimeSettings(adapter=config["adapter"]), None)
+    assert kept.provenance["teacher"] == {"backend": "scripted", "model": None, "adapter": config["adapter"]}
     assert kept.provenance["sampling"]["temperature"] == 0.7
     card = json.loads((out / "card.json").read_text())
     # Every sample is accounted for: one kept, two repeats of it, three wrong.
@@ -265,8 +271,12 @@ def test_teacher_keeps_correct_distinct_traces_and_self_train_merges_with_proven
     calc = tmp_path / "calc"
     assert generate_cli("gsm8k-calc", "--data", seed_file, "--out", calc, "--limit", "2").returncode == 0
     merged = tmp_path / "self-train"
-    proc = generate_cli("self-train", *args[:2], "--out", merged, *args[4:], "--merge-with", calc)
+    proc = generate_cli(
+        "self-train", *args[:2], "--out", merged, *args[4:], "--merge-with", calc, "--adapter", "none"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    config = json.loads((merged / "config.json").read_text())
+    assert (config["adapter"], config["preset"]) == ("none", "tir")  # the plain model's own preset
     records = read_records(merged / "traces.jsonl")
     assert [r.id for r in records] == [
         "gsm8k-train-0/gsm8k-calc/0",

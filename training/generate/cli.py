@@ -57,6 +57,7 @@ def _id_field(path: Path) -> str | None:
         "backend",
         "model",
         "base_url",
+        "adapter",
         "preset",
         "max_rounds",
         "max_tokens",
@@ -95,8 +96,10 @@ def generate(
 ) -> None:
     """Generate training data: seeds in, validated code-interleaved traces out (resumable)."""
     from benchmarks.datasets import DatasetError, load_jsonl, load_problems
+    from runtime.adapter import FALLBACK_PRESET, model_preset
     from runtime.backends.factory import BackendChoiceError, BackendSpec
     from runtime.batch.folder import RunError
+    from runtime.settings import RuntimeSettings
     from sandbox.errors import SandboxError
     from sandbox.pool import KernelPool
     from sandbox.settings import SandboxSettings
@@ -118,6 +121,15 @@ def generate(
     config = validated(
         GenerateConfig, given, mode=mode, samples=samples, temperature=temp, options=options, **more
     )
+    runtime = None
+    if config.backend is not None:
+        # As `mathcoder bench`: the adapter and the teacher's own preset unless named, resolved now so
+        # that the run folder records them (self-train samples the model being trained this way).
+        runtime = RuntimeSettings.with_adapter(config.adapter)
+        preset = config.preset or model_preset(runtime, config.model)
+        config = validated(GenerateConfig, config.model_dump(), preset=preset, adapter=runtime.adapter)
+    elif config.preset is None:
+        config = validated(GenerateConfig, config.model_dump(), preset=FALLBACK_PRESET)  # unused
     dataset, split, limit, concurrency = config.dataset, config.split, config.limit, config.concurrency
     backend, model, base_url = config.backend, config.model, config.base_url
     try:
@@ -140,7 +152,9 @@ def generate(
     if backend is not None:
         scripted = json.loads(script.read_text(encoding="utf-8")) if script is not None else None
         try:
-            spec = BackendSpec(kind=backend, model=model, base_url=base_url, script=scripted)
+            spec = BackendSpec(
+                kind=backend, model=model, base_url=base_url, script=scripted, settings=runtime
+            )
         except BackendChoiceError as exc:
             raise typer.BadParameter(str(exc), param_hint="--backend") from exc
     merge = list(merge_with or [])

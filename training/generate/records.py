@@ -35,11 +35,22 @@ class GenerateConfig(BaseModel):
     )
     temperature: float = Field(default=0.0, ge=0.0, description="Teacher sampling temperature.")
     backend: str | None = Field(
-        default=None, description="Teacher: transformers (the local default model), openai, vllm."
+        default=None,
+        description="Teacher: auto (the local default model on llama.cpp where built, else transformers), "
+        "transformers, llamacpp, openai, vllm.",
     )
     model: str | None = Field(default=None, description="Teacher model name or path.")
     base_url: str | None = Field(default=None, description="Teacher server URL (backend openai).")
-    preset: str = Field(default="tir", description="Prompt preset the teacher solves with.")
+    adapter: str | None = Field(
+        default=None,
+        description="LoRA adapter on the default teacher model: default (the shipped one), none (the plain "
+        "base model) or an adapter folder (self-train: the model being trained); unset: MATHCODER_ADAPTER, "
+        "else default.",
+    )
+    preset: str | None = Field(
+        default=None,
+        description="Prompt preset the teacher solves with; default: the teacher model's own (tir if none).",
+    )
     max_rounds: int = Field(default=8, ge=1, description="Code cells per trajectory at most.")
     max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, description="Tokens per trajectory at most.")
     concurrency: int = Field(default=8, ge=1, description="Seeds (and teacher calls) in flight.")

@@ -41,7 +41,7 @@ async def generate(seed: Problem, ctx: GenContext) -> SeedOutcome:
                     "dataset": seed.dataset,
                     "split": seed.split,
                     "sample": j,
-                    "teacher": {"backend": cfg.backend, "model": cfg.model},
+                    "teacher": {"backend": cfg.backend, "model": cfg.model, "adapter": cfg.adapter},
                     "sampling": trace.metadata.sampling,
                     "preset": cfg.preset,
                     "run_seed": cfg.seed,
