@@ -20,8 +20,9 @@ Definitions (each field's description repeats the one it uses):
 * **reference in an output**: the same test with the problem's reference answer, over all trajectories,
   answered or not: the accuracy a perfect choice among the values the code printed would reach -- a
   model that computes the answer and then talks past it scores here and not in the accuracy.
-* **repeated cell**: a trajectory ran a cell whose code (stripped) equals an earlier cell's: a greedy
-  model that loops; such a cell prints what it printed before.
+* **repeated cell**: a trajectory wrote a cell whose code (stripped) equals an earlier cell's: a greedy
+  model that loops.  The loop ends a trajectory at once when a cell repeats the one just before it
+  (stop reason ``repeated_cell``, the cell not run); a repeat of an older cell runs, and counts here too.
 * **tokens** are per problem, summed over its samples; **time** is ``ProblemRecord.wall_time_s``.
 * **throughput**: records carry durations, not timestamps, so the run's wall span is estimated as
   ``sum(wall_time_s) / min(concurrency, problems)`` (the concurrency slots kept full).  A resumed
@@ -129,7 +130,7 @@ class ToolUse(BaseModel):
         None, description="Trajectories with the reference answer as a token in an output block."
     )
     repeated_cell: Rate | None = Field(
-        None, description="Trajectories that ran a cell whose code repeats an earlier cell of theirs."
+        None, description="Trajectories that wrote a cell whose code repeats an earlier cell of theirs."
     )
 
 
