@@ -133,6 +133,20 @@ def test_an_entry_is_computed_from_the_run_folders(tmp_path: Path) -> None:
     assert ExperimentResults.model_validate_json(results_file.read_text()) == again
 
 
+def test_an_entry_names_its_run_folder_as_the_commands_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reports record their folder absolute; results.json names it relative to where the commands run."""
+    code = _bench(tmp_path / "runs" / "bench" / "calc", [True, False], [])
+    monkeypatch.chdir(tmp_path)
+    entry = run_entry("calc", "code", evals={"gsm8k": code.resolve()})
+    assert entry.eval["gsm8k"].run_dir == "runs/bench/calc"
+    elsewhere = _bench(tmp_path.parent / f"{tmp_path.name}-other", [True], [])
+    assert run_entry("x", "code", evals={"gsm8k": elsewhere}).eval["gsm8k"].run_dir == str(
+        elsewhere.resolve()
+    )
+
+
 def test_kept_evidence_gives_the_entry_the_run_folders_give(tmp_path: Path) -> None:
     """runs/ does not survive a change of machine: the files kept in docs/measurements must suffice."""
     control = _bench(tmp_path / "text", [True, False, False, True, False], [])

@@ -181,6 +181,18 @@ def keep(
     return written
 
 
+def _shown(run_dir: str | None) -> str | None:
+    """A run folder as the repository's commands name it: relative where it lies under the working directory
+    (bench reports record it absolute; results.json should not carry one machine's paths)."""
+    if run_dir is None:
+        return None
+    path = Path(run_dir)
+    try:
+        return str(path.relative_to(Path.cwd())) if path.is_absolute() else run_dir
+    except ValueError:
+        return run_dir
+
+
 def eval_entry(source: Path) -> tuple[EvalResult, ToolUse, dict[str, int]]:
     """Accuracy (with its interval), tool use and stop reasons of one bench run (folder or kept report)."""
     report = load_report(source)
@@ -193,7 +205,7 @@ def eval_entry(source: Path) -> tuple[EvalResult, ToolUse, dict[str, int]]:
         ci95=wilson_interval(correct, n),
         max_tokens=report.config.max_tokens,
         preset=report.config.preset,
-        run_dir=report.run_dir,
+        run_dir=_shown(report.run_dir),
     )
     tool_use = ToolUse(
         cells_per_problem=use.cells_per_trajectory.mean,
