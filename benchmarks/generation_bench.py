@@ -14,6 +14,9 @@ as the default changes.  Candidates:
 - ``transformers-bf16``: the same in bf16 (emulated, and slower, on CPUs without native bf16);
 - ``transformers-cb``: transformers' own continuous batching (``generate_batch``, paged attention);
 - ``llamacpp``: the llamacpp backend (a ``llama-server`` child on the Q4_1 GGUF);
+- ``llamacpp-spin``: the same with libgomp's own spin count (``MATHCODER_LLAMA_SPIN_COUNT=300000``)
+  instead of the backend's short one: what the short spin costs on a quiet machine and saves on a
+  loaded one;
 - ``llama-batched-bench``: llama.cpp's own benchmark on the same file (256-token synthetic prompts,
   ``c`` sequences): the engine alone, the ceiling the backend is measured against;
 - ``vllm``: the vLLM backend, on a GPU (``--candidates generate,transformers,vllm`` there, where
@@ -44,6 +47,12 @@ from benchmarks.bench_io import percentile, print_table, write_results
 from benchmarks.settings import BenchmarkSettings
 from runtime.backends.base import Backend, Completion, CompletionRequest
 from runtime.backends.factory import load_backend
+from runtime.backends.llamacpp import (
+    LlamaCppBackend,
+    LlamaCppSettings,
+    find_server_binary,
+    server_environment,
+)
 from runtime.cpu import cpu_supports_bf16
 from runtime.prompts import get_preset
 from runtime.settings import RuntimeSettings
@@ -170,7 +179,6 @@ class RawLlamaCandidate:
     engine without the server, HTTP and the backend, so the backend's overhead shows."""
 
     def __init__(self) -> None:
-        from runtime.backends.llamacpp import LlamaCppSettings, find_server_binary
         from runtime.model_store import ensure_default_model
 
         self.binary = find_server_binary(LlamaCppSettings()).with_name("llama-batched-bench")
@@ -184,7 +192,10 @@ class RawLlamaCandidate:
             "-b", "512", "-ub", "512", "-npp", str(self.prompt_tokens), "-ntg", str(max_tokens),
             "-npl", str(concurrency), "-t", threads, "-tb", threads, "--output-format", "jsonl",
         ]  # fmt: skip
-        done = await asyncio.to_thread(subprocess.run, args, capture_output=True, text=True, check=True)
+        env = server_environment(LlamaCppSettings())  # the engine as the backend runs it
+        done = await asyncio.to_thread(
+            subprocess.run, args, capture_output=True, text=True, check=True, env=env
+        )
         row = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
         return {
             "completion_tokens": concurrency * max_tokens,
@@ -213,12 +224,18 @@ def _backend(kind: str, **settings: Any) -> Callable[[], BackendCandidate]:
     return lambda: BackendCandidate(load_backend(kind, None, None, base_settings(**settings)))
 
 
+def _spinning_llamacpp() -> BackendCandidate:
+    spinning = LlamaCppSettings(spin_count=300_000)  # libgomp's own default
+    return BackendCandidate(LlamaCppBackend.launch(None, base_settings(), settings=spinning))
+
+
 CANDIDATES: dict[str, Callable[[], Any]] = {
     "generate": lambda: ModelCandidate(continuous=False),
     "transformers": _backend("transformers", dtype="float32"),
     "transformers-bf16": _backend("transformers", dtype="bfloat16"),
     "transformers-cb": lambda: ModelCandidate(continuous=True),
     "llamacpp": _backend("llamacpp"),
+    "llamacpp-spin": _spinning_llamacpp,
     "llama-batched-bench": RawLlamaCandidate,
     "vllm": _backend("vllm"),  # on a GPU (the vllm extra)
 }

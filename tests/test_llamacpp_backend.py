@@ -60,6 +60,16 @@ async def test_concurrent_requests_share_the_server_and_its_cache(backend: Llama
     assert computed < total  # the repeated prompt came from the slots' caches
 
 
+def test_the_servers_openmp_threads_spin_briefly(backend: LlamaCppBackend) -> None:
+    """libgomp's threads spin 300,000 times at each barrier by default; beside another busy process
+    that made generation 8-18x slower (docs/engines.md), so the server runs with a short spin."""
+    pid = backend.process.pid
+    assert "libgomp" in Path(f"/proc/{pid}/maps").read_text()  # the setting acts on this server
+    environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert f"GOMP_SPINCOUNT={LlamaCppSettings().spin_count}".encode() in environment
+    assert LlamaCppSettings().spin_count <= 10_000
+
+
 def test_a_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BackendError, match=r"needs a \.gguf model file"):
         LlamaCppBackend.launch(str(tmp_path / "nothing.gguf"))

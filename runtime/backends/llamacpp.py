@@ -66,6 +66,14 @@ class LlamaCppSettings(BaseSettings):
     batch_size: int = Field(default=512, ge=32, description="Prompt tokens evaluated per step (-b).")
     startup_timeout_s: float = Field(default=180.0, gt=0, description="Seconds to wait for /health.")
     read_timeout_s: float = Field(default=600.0, gt=0, description="Seconds one generation may take.")
+    spin_count: int = Field(
+        default=1000,
+        ge=0,
+        description="How long the server's OpenMP threads busy-wait at a barrier before they sleep "
+        "(GOMP_SPINCOUNT; libgomp's own default is 300000). Long spinning beside another busy process "
+        "(a training run, a second server) slowed generation 8-18x on 2 cores; 1000 costs a quiet "
+        "machine little (docs/engines.md).",
+    )
     extra_args: list[str] = Field(default_factory=list, description="More llama-server arguments.")
 
 
@@ -82,6 +90,16 @@ def find_server_binary(settings: LlamaCppSettings) -> Path:
         "llama-server was not found on PATH or next to this Python; build it with `make llama-server` "
         "(from the llama-cpp-python source package, a few minutes on 2 cores) or set MATHCODER_LLAMA_BINARY"
     )
+
+
+def server_environment(settings: LlamaCppSettings) -> dict[str, str]:
+    """The server's environment: ours, with how long its OpenMP threads spin bounded.
+
+    The server is built with OpenMP (``deploy/build-llama-server.sh``): every step of a forward pass
+    ends at a barrier where libgomp's threads spin before they sleep.  When another process keeps the
+    cores busy, a spinning thread holds a core its descheduled partner needs, at every barrier of
+    every token, and generation crawls; a short spin sleeps instead (docs/engines.md)."""
+    return {**os.environ, "GOMP_SPINCOUNT": str(settings.spin_count)}
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -182,6 +200,7 @@ class LlamaCppBackend:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=server_environment(settings),
                 preexec_fn=_die_with_parent,  # only prctl runs there: no locks, no allocation to speak of
             )
         base_url = f"http://127.0.0.1:{port}"
