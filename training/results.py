@@ -184,13 +184,9 @@ def keep(
 def _shown(run_dir: str | None) -> str | None:
     """A run folder as the repository's commands name it: relative where it lies under the working directory
     (bench reports record it absolute; results.json should not carry one machine's paths)."""
-    if run_dir is None:
-        return None
-    path = Path(run_dir)
-    try:
-        return str(path.relative_to(Path.cwd())) if path.is_absolute() else run_dir
-    except ValueError:
+    if run_dir is None or not Path(run_dir).is_relative_to(Path.cwd()):
         return run_dir
+    return str(Path(run_dir).relative_to(Path.cwd()))
 
 
 def eval_entry(source: Path) -> tuple[EvalResult, ToolUse, dict[str, int]]:

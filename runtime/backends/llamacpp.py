@@ -71,7 +71,7 @@ class LlamaCppSettings(BaseSettings):
         ge=0,
         description="How long the server's OpenMP threads busy-wait at a barrier before they sleep "
         "(GOMP_SPINCOUNT; libgomp's own default is 300000). Long spinning beside another busy process "
-        "(a training run, a second server) slowed generation 8-18x on 2 cores; 1000 costs a quiet "
+        "(a training run, a second server) slowed generation 8-40x on 2 cores; 1000 costs a quiet "
         "machine little (docs/engines.md).",
     )
     extra_args: list[str] = Field(default_factory=list, description="More llama-server arguments.")
