@@ -100,6 +100,25 @@ async def test_a_cell_runs_and_its_output_feeds_the_next_step(sessions: SessionF
     assert fmt.parse(fmt.render(final.trace).text) == final.trace.text_view()
 
 
+async def test_a_cell_closed_by_the_output_fence_alone_runs(sessions: SessionFactory) -> None:
+    """Weak models write ```output straight after the code, without the closing fence's own line."""
+    backend = ScriptedBackend(
+        {"P9": ["Let me compute.\n```python\nprint(6 * 7)\n```output", Step("So \\boxed{42}.", eos=True)]}
+    )
+    events = await events_of("P9", backend, sessions)
+    final = events[-1]
+    assert isinstance(final, FinalAnswer) and (final.answer, final.stop_reason) == ("42", "eos")
+    assert final.trace.blocks == [
+        TextBlock(text="Let me compute."),
+        CodeBlock(code="print(6 * 7)"),
+        OutputBlock(output="42", status=ExecutionStatus.OK),
+        TextBlock(text="So \\boxed{42}."),
+    ]
+    # The model's own text stays as written; the runtime appends the output and the closing fence.
+    assert backend.requests[1].prompt.endswith("```python\nprint(6 * 7)\n```output\n42\n```\n")
+    assert "".join(e.text for e in events if isinstance(e, CodeDelta)) == "print(6 * 7)"
+
+
 async def test_mathcoder_format_runs_cells_between_its_tokens(sessions: SessionFactory) -> None:
     backend = ScriptedBackend(
         {

@@ -19,6 +19,7 @@ from support.cells import MemorySessions
 
 from runtime.backends.scripted import ScriptedBackend, Step
 from runtime.events import CodeDelta, Event, FinalAnswer, ProseDelta, TextDelta
+from runtime.formats import get_format
 from runtime.loop import run_trajectory
 from runtime.prompts import get_preset
 from runtime.trace import CodeBlock, TextBlock
@@ -47,7 +48,9 @@ def turns(draw: st.DrawFn) -> list[str]:
         code = no_fence("".join(draw(st.lists(st.sampled_from(_CODE_BITS), min_size=1, max_size=6))))
         code = code.strip("\n`") or "x"  # a backtick next to the closing fence would lengthen it
         opener = "" if not prose else ("" if prose.endswith("\n") else "\n")
-        steps.append(f"{prose}{opener}```python\n{code}\n```\n")
+        # Closed by its own fence, or (as weak models do) by the output fence straight after the code.
+        close = draw(st.sampled_from(["\n```\n", "\n```output"]))
+        steps.append(f"{prose}{opener}```python\n{code}{close}")
     tail = no_fence("".join(draw(st.lists(st.sampled_from(_PROSE_BITS), max_size=6))))
     steps.append(f"{tail} So \\boxed{{7}}.")
     return steps
@@ -114,3 +117,13 @@ def test_a_delimiter_cut_at_every_position_never_shows() -> None:
         prose = "".join(e.text for e in events if isinstance(e, ProseDelta))
         code = "".join(e.text for e in events if isinstance(e, CodeDelta))
         assert (prose, code) == ("Let me compute.So \\boxed{42}.", "print(6 * 7)"), at
+
+
+def test_the_markdown_view_never_shows_a_closing_fence_as_code() -> None:
+    """Whatever a backend holds back, the format's view alone only grows through either close."""
+    fmt = get_format("markdown")
+    for text in ("Let me compute.\n```python\nx = 1\n```output", "Let me compute.\n```python\nx = 1\n```\n"):
+        for k in range(len(text) + 1):
+            prose, code = fmt.stream_view(text[:k])
+            assert "Let me compute.".startswith(prose), (text, k)
+            assert code is None or "x = 1".startswith(code), (text, k)

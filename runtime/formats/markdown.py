@@ -35,6 +35,10 @@ FENCE = "```"
 CODE_OPEN = "```python\n"
 OUTPUT_OPEN = "```output"
 CLOSE = "\n```\n"
+# Weak models also close a cell by writing the output fence straight after the code, without the
+# closing fence's own line (```` ```python\ncode\n```output ````): the cell is closed all the same.
+# Read as prose, its code would never run and the model would go on to invent the output.
+MERGED_CLOSE = "\n" + OUTPUT_OPEN
 
 
 class MarkdownFormat(TraceFormat):
@@ -113,12 +117,16 @@ class MarkdownFormat(TraceFormat):
 
     def split_cell(self, pending: str) -> tuple[str, str] | None:
         body = pending.removesuffix(OUTPUT_OPEN)
-        if not body.endswith(CLOSE):
+        if body.endswith(CLOSE):
+            end = len(body) - len(CLOSE)
+        elif pending.endswith(MERGED_CLOSE):
+            end = len(pending) - len(MERGED_CLOSE)
+        else:
             return None
         start = body.rfind(CODE_OPEN)
-        if start < 0:
+        if start < 0 or end < start + len(CODE_OPEN):
             return None
-        code = body[start + len(CODE_OPEN) : len(body) - len(CLOSE)]
+        code = body[start + len(CODE_OPEN) : end]
         if FENCE in code:
             return None
         prose = body[:start]
@@ -134,11 +142,11 @@ class MarkdownFormat(TraceFormat):
             return pending[: len(pending) - held], None
         prose = pending[:start]
         code = pending[start + len(CODE_OPEN) :]
-        closed = code.find(CLOSE)
+        closed = min((at for at in (code.find(CLOSE), code.find(MERGED_CLOSE)) if at >= 0), default=-1)
         if closed >= 0:
             code = code[:closed]
         elif not final:
-            code = code[: len(code) - held_tail(code, (CLOSE,))]
+            code = code[: len(code) - held_tail(code, (CLOSE, MERGED_CLOSE))]
         return (prose.removesuffix("\n") if start > 0 else prose), code
 
     def output_suffix(self, pending: str, output: str) -> str:
