@@ -128,8 +128,10 @@ def test_an_entry_is_computed_from_the_run_folders(tmp_path: Path) -> None:
 
     results_file = tmp_path / "results.json"
     add_run(entry, results_file)
-    again = add_run(entry, results_file)  # replaces the entry of the same name
-    assert [r.name for r in again.runs] == ["calc"]
+    add_run(entry.model_copy(update={"name": "later"}), results_file)
+    again = add_run(entry.model_copy(update={"commit": "abc1234"}), results_file)
+    # The entry of the same name is replaced where it stands: a run that gains an evaluation keeps its place.
+    assert [(r.name, r.commit) for r in again.runs] == [("calc", "abc1234"), ("later", entry.commit)]
     assert ExperimentResults.model_validate_json(results_file.read_text()) == again
 
 

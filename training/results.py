@@ -298,9 +298,15 @@ def run_entry(
 
 
 def add_run(entry: RunResult, path: Path = RESULTS_PATH) -> ExperimentResults:
-    """Add ``entry`` to the results file, replacing a run of the same name; write it back validated."""
+    """Add ``entry`` to the results file, replacing a run of the same name where it stands (the
+    plots and tables keep their order when a run gains an evaluation); write it back validated."""
     current = load_results(path) if path.is_file() else ExperimentResults(runs=[])
-    runs = [r for r in current.runs if r.name != entry.name] + [entry]
+    names = [r.name for r in current.runs]
+    runs = list(current.runs)
+    if entry.name in names:
+        runs[names.index(entry.name)] = entry
+    else:
+        runs.append(entry)
     updated = ExperimentResults(runs=runs)
     path.write_text(updated.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return updated
