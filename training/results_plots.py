@@ -46,7 +46,8 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, ax: Any, path: Path) -> None:
-    ax.legend()
+    # Beside the axes: inside, it covers the tallest bars' labels or the curves' first points.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     _pyplot().close(fig)
@@ -85,8 +86,12 @@ def plot_accuracy(results: ExperimentResults, path: Path) -> None:
             lows.append((result.accuracy - result.ci95[0]) * 100)
             highs.append((result.ci95[1] - result.accuracy) * 100)
             labels.append(f"{result.correct}/{result.n}")
-        bars = ax.bar(xs, ys, width, yerr=[lows, highs], capsize=3, label=dataset)
-        ax.bar_label(bars, labels=labels, fontsize=7, padding=2)
+        ax.bar(xs, ys, width, yerr=[lows, highs], capsize=3, label=dataset)
+        for x, y, high, label in zip(xs, ys, highs, labels, strict=True):
+            # Above the interval's top, where the error bar does not cross it.
+            ax.annotate(
+                label, (x, y + high), xytext=(0, 2), textcoords="offset points", ha="center", fontsize=7
+            )
     ax.set_xticks(range(len(runs)), [f"{run.name}\n({run.role})" for run in runs])
     ax.set_ylabel("accuracy (%), 95% interval")
     ax.set_title("Accuracy per run (greedy)")
