@@ -34,7 +34,9 @@ from benchmarks.summary import load_run
 from runtime.grading import is_equivalent
 from runtime.trace import OutputBlock, Trace
 
-# A number as a cell prints it: sign, thousands commas, decimals, a fraction, an exponent.
+# A number as a cell prints it: sign, thousands commas, decimals, a fraction, an exponent.  Not
+# runtime.answers.extract_answer: it reads prose answers and takes a bare output such as "[5]" or
+# "{x: 5}" whole, missing the value in a Python repr (run 4's 'any' bound: 6.67% here, 3.56% with it).
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?(?:/\d+)?")
 
 RULES: dict[str, Callable[[list[str]], str | None]] = {

@@ -301,11 +301,8 @@ def add_run(entry: RunResult, path: Path = RESULTS_PATH) -> ExperimentResults:
     """Add ``entry`` to the results file, replacing a run of the same name where it stands (the
     plots and tables keep their order when a run gains an evaluation); write it back validated."""
     current = load_results(path) if path.is_file() else ExperimentResults(runs=[])
-    names = [r.name for r in current.runs]
-    runs = list(current.runs)
-    if entry.name in names:
-        runs[names.index(entry.name)] = entry
-    else:
+    runs = [entry if r.name == entry.name else r for r in current.runs]
+    if all(r.name != entry.name for r in current.runs):
         runs.append(entry)
     updated = ExperimentResults(runs=runs)
     path.write_text(updated.model_dump_json(indent=2) + "\n", encoding="utf-8")
