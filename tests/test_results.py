@@ -107,7 +107,7 @@ def test_an_entry_is_computed_from_the_run_folders(tmp_path: Path) -> None:
                 "bf16": False,
                 "model": "base",
                 "data": ["calc.jsonl"],
-                "settings": {"lr": 1e-4, "lora": True, "lora_rank": 16, "epochs": 1.0},
+                "settings": {"lr": 1e-4, "warmup_ratio": 0.0, "lora": True, "lora_rank": 16, "epochs": 1.0},
                 "environment": {"cpu": "AMD EPYC"},
             }
         )
@@ -124,7 +124,8 @@ def test_an_entry_is_computed_from_the_run_folders(tmp_path: Path) -> None:
     assert (
         entry.train is not None and entry.train.tokens_per_s == 250.0 and entry.train.hardware == "AMD EPYC"
     )
-    assert entry.recipe["lora_rank"] == 16 and entry.data == ["calc.jsonl"]
+    assert entry.recipe["lora_rank"] == 16 and entry.recipe["warmup_ratio"] == 0.0
+    assert entry.data == ["calc.jsonl"]
 
     results_file = tmp_path / "results.json"
     add_run(entry, results_file)

@@ -232,7 +232,20 @@ def train_entry(source: Path) -> tuple[TrainInfo, dict[str, Any], list[str]]:
         steps=results["steps"],
         epochs=results["epochs"],
     )
-    keep = ("epochs", "lr", "batch_size", "grad_accum", "max_len", "packing", "lora", "lora_rank", "bf16")
+    # warmup_ratio is recorded because a run of one optimizer step needs 0: a warmup step has learning rate 0.
+    keep = (
+        "epochs",
+        "lr",
+        "warmup_ratio",
+        "batch_size",
+        "grad_accum",
+        "max_len",
+        "packing",
+        "lora",
+        "lora_rank",
+        "lora_alpha",
+        "bf16",
+    )
     recipe = {k: results["settings"].get(k) for k in keep}
     recipe["bf16"] = results["bf16"]
     recipe["model"] = results["model"]
