@@ -232,7 +232,7 @@ def train_entry(source: Path) -> tuple[TrainInfo, dict[str, Any], list[str]]:
         steps=results["steps"],
         epochs=results["epochs"],
     )
-    # warmup_ratio is recorded because a run of one optimizer step needs 0: a warmup step has learning rate 0.
+    # warmup_ratio is recorded because a one-step run needs 0: the first step of a linear warmup has learning rate 0.
     keep = (
         "epochs",
         "lr",
